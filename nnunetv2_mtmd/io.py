@@ -180,3 +180,34 @@ def safe_child(parent: Path, name: str) -> Path:
     if Path(os.path.abspath(p)).parent != Path(os.path.abspath(parent)):
         raise InputDataError(f"Refusing file name {name!r}: it resolves outside {parent}.")
     return p
+
+
+def find_dataset_json(identifier: str | int) -> Path:
+    """Path of the dataset.json of a dataset given as id (``950``), name (``Dataset950_Joints``), a
+    dataset folder or a dataset.json file.
+
+    An id or name is looked up in ``nnUNet_raw`` first, then in ``nnUNet_preprocessed`` (planning
+    copies dataset.json there); unset variables are skipped. Raises :class:`InputDataError` if none
+    has it."""
+    p = Path(str(identifier))
+    if p.suffix == ".json" and p.is_file():
+        return p
+    if p.is_dir() and (p / "dataset.json").is_file():
+        return p / "dataset.json"
+    errors = []
+    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
+        if not os.environ.get(var):
+            errors.append(f"{var} is not set")
+            continue
+        try:
+            folder = find_dataset(identifier, env_folder(var))
+        except InputDataError as e:
+            errors.append(str(e))
+            continue
+        if (folder / "dataset.json").is_file():
+            return folder / "dataset.json"
+        errors.append(f"{folder} has no dataset.json")
+    raise InputDataError(
+        f"Cannot find the dataset.json of dataset '{identifier}': " + "; ".join(errors)
+        + ". Pass a dataset id/name present in nnUNet_raw or nnUNet_preprocessed, or a path to a dataset.json."
+    )

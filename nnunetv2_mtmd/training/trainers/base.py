@@ -1,0 +1,141 @@
+"""The multi-domain trainer: nnU-Net's trainer wired to the plugin's modules through its hooks.
+
+Everything numerical lives elsewhere (architectures/, losses/, training/sampling.py); this class
+only connects it to nnU-Net:
+
+- ``build_network_architecture`` builds the plans' multi-domain network (plus the scheme's overrides,
+  ``network_overrides``), and is what ``nnUNetv2_predict`` calls too, so every scheme is rebuilt
+  correctly at inference from plans.json + the trainer name in the checkpoint;
+- ``get_dataloaders`` swaps nnU-Net's loader for :class:`DomainBalancedDataLoader`;
+- ``do_split`` writes a domain-stratified 5-fold split when no splits_final.json exists;
+- torch.compile is disabled (logged), batch size is checked to be a multiple of K.
+"""
+
+from __future__ import annotations
+
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, save_json
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+from nnunetv2_mtmd.domains import DomainSpec
+from nnunetv2_mtmd.errors import DomainSpecError
+from nnunetv2_mtmd.training.sampling import DomainBalancedDataLoader
+
+MTMD_NETWORK_PREFIX = "nnunetv2_mtmd.architectures."
+
+
+def check_mtmd_plans(configuration_manager) -> None:
+    """Raise a clear error when the plans were not made by an MTMD planner."""
+    name = configuration_manager.network_arch_class_name
+    if not name.startswith(MTMD_NETWORK_PREFIX):
+        raise DomainSpecError(
+            f"The plans' network is {name}, not a multi-domain network. Plan the merged dataset with "
+            "'nnUNetv2_plan_and_preprocess -d <id> -pl nnUNetPlannerMTMD' before training an MTMD trainer."
+        )
+
+
+class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
+    """DSL scheme: shared convolutions, domain-specific batch norm and one head per domain.
+
+    Boutillon et al., MICCAI 2021 / 2022. Subclasses change ``network_overrides`` (architecture
+    switches the predictor must know) or the regularizer weights (see ``nnUNetTrainerMTMD``)."""
+
+    #: plans ``arch_kwargs`` replaced by this scheme, e.g. shared norm and head for the Shared scheme.
+    network_overrides: dict = {}
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.domain_spec = DomainSpec.from_dataset_json(dataset_json)
+        check_mtmd_plans(self.configuration_manager)
+
+    # ------------------------------------------------------------------------------- network
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
+        check_mtmd_plans(configuration_manager)
+        kwargs = dict(configuration_manager.network_arch_init_kwargs)
+        kwargs.update(cls.network_overrides)
+        return get_network_from_plans(
+            configuration_manager.network_arch_class_name, kwargs,
+            configuration_manager.network_arch_init_kwargs_req_import,
+            num_input_channels, num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision,
+        )
+
+    def _do_i_compile(self) -> bool:
+        if not getattr(self, "_compile_reason_logged", False):
+            self._compile_reason_logged = True
+            if self.device.type == "cuda":
+                self.print_to_log_file(
+                    "INFO: torch.compile disabled for MTMD trainers: the network reads the domain code from its "
+                    "input and normalises per domain, so compiled graphs would be rebuilt for every batch "
+                    "composition."
+                )
+        return False
+
+    def _set_batch_size_and_oversample(self) -> None:
+        super()._set_batch_size_and_oversample()
+        k = self.domain_spec.num_domains
+        if not self.is_ddp and self.batch_size % k:
+            new = (self.batch_size // k + 1) * k
+            self.print_to_log_file(
+                f"Batch size {self.batch_size} is not a multiple of the {k} domains; using {new} so that every "
+                "batch holds the same number of samples of each domain."
+            )
+            self.batch_size = new
+
+    # ---------------------------------------------------------------------------------- data
+    def do_split(self):
+        if self.fold != "all":
+            splits_file = join(self.preprocessed_dataset_folder_base, "splits_final.json")
+            if not isfile(splits_file):
+                from nnunetv2_mtmd.evaluation.splits import domain_stratified_kfold
+
+                if self.dataset_class is None:
+                    self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+                ids = sorted(self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
+                self.print_to_log_file("Creating a domain-stratified 5-fold split (seed 12345)...")
+                save_json(domain_stratified_kfold(ids, self.domain_spec, n_folds=5, seed=12345), splits_file)
+        return super().do_split()
+
+    def get_dataloaders(self):
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        ds_scales = self._get_deep_supervision_scales()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        lm = self.label_manager
+        tr_transforms = self.get_training_transforms(
+            patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=lm.foreground_labels, regions=lm.foreground_regions if lm.has_regions else None,
+            ignore_label=lm.ignore_label)
+        val_transforms = self.get_validation_transforms(
+            ds_scales, is_cascaded=self.is_cascaded, foreground_labels=lm.foreground_labels,
+            regions=lm.foreground_regions if lm.has_regions else None, ignore_label=lm.ignore_label)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        common = dict(label_manager=lm, domain_spec=self.domain_spec,
+                      oversample_foreground_percent=self.oversample_foreground_percent,
+                      sampling_probabilities=None, pad_sides=None,
+                      probabilistic_oversampling=self.probabilistic_oversampling)
+        dl_tr = DomainBalancedDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size,
+                                         transforms=tr_transforms, **common)
+        dl_val = DomainBalancedDataLoader(dataset_val, self.batch_size, patch_size, patch_size,
+                                          transforms=val_transforms, **common)
+        n_proc = get_allowed_n_proc_DA()
+        if n_proc == 0:
+            mt_tr, mt_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
+        else:
+            pin = self.device.type == "cuda"
+            mt_tr = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, max(6, n_proc // 2), None, pin, 0.002)
+            mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2), max(3, n_proc // 4), None, pin,
+                                                  0.002)
+        next(mt_tr)
+        next(mt_val)
+        return mt_tr, mt_val
+
