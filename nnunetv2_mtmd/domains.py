@@ -261,7 +261,9 @@ class DomainSpec:
                 uid = _require(ids, "unified", int, lw)
                 oid = _require(ids, "original", int, lw)
                 if uid < 1 or oid < 1:
-                    raise DomainSpecError(f"{lw}: ids must be >= 1 (0 is background), found unified={uid}, original={oid}.")
+                    raise DomainSpecError(
+                        f"{lw}: ids must be >= 1 (0 is background), found unified={uid}, original={oid}."
+                    )
                 if uid in seen_ids:
                     raise DomainSpecError(
                         f"{lw}['unified'] = {uid} is already used by '{seen_ids[uid]}': unified label ids of "

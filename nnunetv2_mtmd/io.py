@@ -117,10 +117,8 @@ def geometry(img: sitk.Image) -> tuple:
 def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
     if a.GetSize() != b.GetSize():
         return False
-    for x, y in ((a.GetSpacing(), b.GetSpacing()), (a.GetOrigin(), b.GetOrigin()), (a.GetDirection(), b.GetDirection())):
-        if not np.allclose(x, y, atol=tol, rtol=tol):
-            return False
-    return True
+    pairs = ((a.GetSpacing(), b.GetSpacing()), (a.GetOrigin(), b.GetOrigin()), (a.GetDirection(), b.GetDirection()))
+    return all(np.allclose(x, y, atol=tol, rtol=tol) for x, y in pairs)
 
 
 def describe_geometry(img: sitk.Image) -> str:
@@ -209,5 +207,5 @@ def find_dataset_json(identifier: str | int) -> Path:
         errors.append(f"{folder} has no dataset.json")
     raise InputDataError(
         f"Cannot find the dataset.json of dataset '{identifier}': " + "; ".join(errors)
-        + ". Pass a dataset id/name present in nnUNet_raw or nnUNet_preprocessed, or a path to a dataset.json."
+        + ". Pass a dataset id/name present in nnUNet_raw or nnUNet_preprocessed, or a dataset.json path."
     )

@@ -247,7 +247,8 @@ class MultiScaleContrastiveLoss(nn.Module):
             ``len(features) // 2`` (the list has ``2 * n_stages - 1`` entries).
 
     After each forward, :attr:`last_num_valid_anchors` holds the number of anchors with at least one
-    positive (int; 0 means the batch carried no contrastive signal and the loss was 0), and
+    positive (a Python int, read from the device once per call; 0 means the batch carried no
+    contrastive signal and the loss was 0), and
     :attr:`last_stage_losses` the detached ``(S,)`` per-stage losses.
     """
 
@@ -286,4 +287,7 @@ class MultiScaleContrastiveLoss(nn.Module):
         return loss
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, stages={self.stages!r}, bottleneck_index={self.bottleneck_index}"
+        return (
+            f"temperature={self.temperature}, stages={self.stages!r}, "
+            f"bottleneck_index={self.bottleneck_index}"
+        )

@@ -61,7 +61,11 @@ def test_supcon_matches_double_loop_reference(name, tau):
 # at cosine 1 and two negatives at cosine 0 -> L = log(1 + 2 exp(-1/tau)).
 @pytest.mark.parametrize(
     "tau, expected",
-    [(0.1, math.log(1 + 2 * math.exp(-10))), (0.5, math.log(1 + 2 * math.exp(-2))), (1.0, math.log(1 + 2 / math.e))],
+    [
+        (0.1, math.log(1 + 2 * math.exp(-10))),
+        (0.5, math.log(1 + 2 * math.exp(-2))),
+        (1.0, math.log(1 + 2 / math.e)),
+    ],
 )
 def test_temperature_hand_computed(tau, expected):
     e1, e2 = torch.eye(2)
@@ -283,7 +287,12 @@ def test_select_stages(n, stages, bottleneck, expected):
 
 @pytest.mark.parametrize(
     "n, stages, match",
-    [(6, "bottleneck", "bottleneck_index"), (5, [5], "out of range"), (5, "middle", "stages"), (0, "all", "empty")],
+    [
+        (6, "bottleneck", "bottleneck_index"),
+        (5, [5], "out of range"),
+        (5, "middle", "stages"),
+        (0, "all", "empty"),
+    ],
 )
 def test_select_stages_errors(n, stages, match):
     with pytest.raises(ValueError, match=match):

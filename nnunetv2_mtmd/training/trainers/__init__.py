@@ -4,20 +4,9 @@ The plugin installs a re-export of this module into ``nnunetv2/training/nnUNetTr
 docs/registration.md.
 """
 
-from nnunetv2_mtmd.training.trainers.base import nnUNetTrainerMTMD_DSL
-from nnunetv2_mtmd.training.trainers.schedules import (
-    nnUNetTrainerMTMD_1epoch,
-    nnUNetTrainerMTMD_5epochs,
-    nnUNetTrainerMTMD_debug,
-    nnUNetTrainerMTMD_DSL_debug,
-)
-from nnunetv2_mtmd.training.trainers.schemes import nnUNetTrainerMTMD
+from nnunetv2_mtmd.training.trainers import schedules as _schedules
+from nnunetv2_mtmd.training.trainers.schedules import *  # noqa: F401,F403  (all schedule variants)
+from nnunetv2_mtmd.training.trainers.schemes import *  # noqa: F401,F403  (the schemes)
+from nnunetv2_mtmd.training.trainers.schemes import __all__ as _schemes_all
 
-__all__ = [
-    "nnUNetTrainerMTMD",
-    "nnUNetTrainerMTMD_DSL",
-    "nnUNetTrainerMTMD_1epoch",
-    "nnUNetTrainerMTMD_5epochs",
-    "nnUNetTrainerMTMD_debug",
-    "nnUNetTrainerMTMD_DSL_debug",
-]
+__all__ = [*_schemes_all, *(n for n in _schedules.__all__ if n != "with_schedule")]

@@ -4,7 +4,7 @@ Everything numerical lives elsewhere (architectures/, losses/, training/sampling
 only connects it to nnU-Net:
 
 - ``build_network_architecture`` builds the plans' multi-domain network (plus the scheme's overrides,
-  ``network_overrides``), and is what ``nnUNetv2_predict`` calls too, so every scheme is rebuilt
+  ``network_overrides_for``), and is what ``nnUNetv2_predict`` calls too, so every scheme is rebuilt
   correctly at inference from plans.json + the trainer name in the checkpoint;
 - ``get_dataloaders`` swaps nnU-Net's loader for :class:`DomainBalancedDataLoader`;
 - ``do_split`` writes a domain-stratified 5-fold split when no splits_final.json exists;
@@ -42,11 +42,9 @@ def check_mtmd_plans(configuration_manager) -> None:
 class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
     """DSL scheme: shared convolutions, domain-specific batch norm and one head per domain.
 
-    Boutillon et al., MICCAI 2021 / 2022. Subclasses change ``network_overrides`` (architecture
+    Boutillon et al., MICCAI 2021 / 2022. Subclasses change ``network_overrides_for`` (architecture
     switches the predictor must know) or the regularizer weights (see ``nnUNetTrainerMTMD``)."""
 
-    #: plans ``arch_kwargs`` replaced by this scheme, e.g. shared norm and head for the Shared scheme.
-    network_overrides: dict = {}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -60,12 +58,18 @@ class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
         check_mtmd_plans(configuration_manager)
         kwargs = dict(configuration_manager.network_arch_init_kwargs)
-        kwargs.update(cls.network_overrides)
+        kwargs.update(cls.network_overrides_for(configuration_manager))
         return get_network_from_plans(
             configuration_manager.network_arch_class_name, kwargs,
             configuration_manager.network_arch_init_kwargs_req_import,
             num_input_channels, num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision,
         )
+
+    @classmethod
+    def network_overrides_for(cls, configuration_manager) -> dict:
+        """Plans ``arch_kwargs`` this scheme replaces (e.g. shared norm and head). The predictor calls
+        ``build_network_architecture`` of the checkpoint's trainer, so these reach inference too."""
+        return {}
 
     def _do_i_compile(self) -> bool:
         if not getattr(self, "_compile_reason_logged", False):
@@ -108,7 +112,8 @@ class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         patch_size = self.configuration_manager.patch_size
         ds_scales = self._get_deep_supervision_scales()
-        rotation, dummy_2d, initial_patch_size, mirror_axes = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = (
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size())
         lm = self.label_manager
         tr_transforms = self.get_training_transforms(
             patch_size, rotation, ds_scales, mirror_axes, dummy_2d,

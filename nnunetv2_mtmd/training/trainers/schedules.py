@@ -1,20 +1,22 @@
 """Shorter schedules of the MTMD trainers, in nnU-Net's naming (``nnUNetTrainer_5epochs`` style).
 
 nnU-Net sets epoch and iteration counts in ``__init__`` with the base signature (extra init args
-would break checkpoint bookkeeping), so each schedule is a tiny subclass. ``_debug`` is meant for
-tests and smoke runs: 1 epoch of 3 training and 2 validation iterations.
+would break checkpoint bookkeeping), so each schedule is a tiny subclass:
+
+- ``nnUNetTrainerMTMD_1epoch``, ``nnUNetTrainerMTMD_5epochs``: nnU-Net's 250 iterations per epoch;
+- ``<scheme>_debug`` for every scheme: 1 epoch of 3 training and 2 validation iterations and a
+  20-iteration autoencoder phase, for tests and smoke runs (CPU, seconds).
 """
 
 from __future__ import annotations
 
 import torch
 
-from nnunetv2_mtmd.training.trainers.base import nnUNetTrainerMTMD_DSL
-from nnunetv2_mtmd.training.trainers.schemes import nnUNetTrainerMTMD
+from nnunetv2_mtmd.training.trainers.schemes import SCHEMES, nnUNetTrainerMTMD
 
 
 def with_schedule(base: type, suffix: str, epochs: int, iterations: int | None = None,
-                  val_iterations: int | None = None) -> type:
+                  val_iterations: int | None = None, ae_iterations: int | None = None) -> type:
     """Create ``<base name>_<suffix>``: ``base`` with ``epochs`` epochs (and optionally fewer iterations)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -26,15 +28,17 @@ def with_schedule(base: type, suffix: str, epochs: int, iterations: int | None =
         if val_iterations is not None:
             self.num_val_iterations_per_epoch = val_iterations
 
-    name = f"{base.__name__}_{suffix}"
-    doc = f"{base.__name__} with {epochs} epoch(s)" + (f" of {iterations} iterations" if iterations else "") + "."
-    return type(name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
+    doc = f"{base.__name__} with {epochs} epoch(s)" + (f" of {iterations} iterations." if iterations else ".")
+    attrs = {"__init__": __init__, "__module__": __name__, "__doc__": doc}
+    if ae_iterations is not None:
+        attrs["ae_iterations"] = ae_iterations
+    return type(f"{base.__name__}_{suffix}", (base,), attrs)
 
 
 nnUNetTrainerMTMD_1epoch = with_schedule(nnUNetTrainerMTMD, "1epoch", 1)
 nnUNetTrainerMTMD_5epochs = with_schedule(nnUNetTrainerMTMD, "5epochs", 5)
-nnUNetTrainerMTMD_debug = with_schedule(nnUNetTrainerMTMD, "debug", 1, 3, 2)
-nnUNetTrainerMTMD_DSL_debug = with_schedule(nnUNetTrainerMTMD_DSL, "debug", 1, 3, 2)
+DEBUG_TRAINERS = {name: with_schedule(cls, "debug", 1, 3, 2, ae_iterations=20) for name, cls in SCHEMES.items()}
+globals().update({cls.__name__: cls for cls in DEBUG_TRAINERS.values()})
 
-__all__ = ["nnUNetTrainerMTMD_1epoch", "nnUNetTrainerMTMD_5epochs", "nnUNetTrainerMTMD_debug",
-           "nnUNetTrainerMTMD_DSL_debug", "with_schedule"]
+__all__ = ["nnUNetTrainerMTMD_1epoch", "nnUNetTrainerMTMD_5epochs", "with_schedule",
+           *(cls.__name__ for cls in DEBUG_TRAINERS.values())]

@@ -1,18 +1,195 @@
 """The paper's training schemes as trainers; the class name is the scheme (nnU-Net's experiment id).
 
-| trainer | scheme (Boutillon et al. 2022) |
-|---|---|
-| ``nnUNetTrainerMTMD_DSL`` | shared convolutions, domain-specific batch norm and heads |
-| ``nnUNetTrainerMTMD`` | DSL + MSC + MJAP |
+| trainer | scheme (Boutillon et al. 2022) | norm / heads | MSC | MJAP |
+|---|---|---|---|---|
+| ``nnUNetTrainerMTMD`` | DSL+MSC+MJAP (the full method) | DSBN / per domain | all stages | yes |
+| ``nnUNetTrainerMTMD_DSL`` | DSL | DSBN / per domain | - | - |
+| ``nnUNetTrainerMTMD_DSL_SSC`` | DSL+SSC (2021) | DSBN / per domain | bottleneck | - |
+| ``nnUNetTrainerMTMD_DSL_MSC`` | DSL+MSC | DSBN / per domain | all stages | - |
+| ``nnUNetTrainerMTMD_DSL_MJAP`` | DSL+MJAP | DSBN / per domain | - | yes |
+| ``nnUNetTrainerMTMD_Shared`` | Shared | shared BN / one head | - | - |
+| ``nnUNetTrainerMTMD_Shared_MJAP`` | Shared+MJAP | shared BN / one head | - | yes |
+
+Weights (class attributes, change them in a tiny subclass): ``lambda_msc`` (lambda2, default 0.1),
+``lambda_mjap`` (lambda3, default 0.1, the paper's value), autoencoder ``ae_lambda_msc`` (lambda1,
+0.05) and ``ae_iterations`` (length of the autoencoder phase). Why lambda2 = 0.1: see docs/method.md.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join
+from torch._dynamo import OptimizedModule
+
 from nnunetv2_mtmd.training.trainers.base import nnUNetTrainerMTMD_DSL
+
+EXTRA_LOG_KEYS = ("seg_loss", "msc_loss", "mjap_loss", "msc_skipped_batches")
 
 
 class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
-    """The full method. (Regularizers are wired in by the regularizers issue; until then = DSL.)"""
+    """DSL + MSC + MJAP: ``L = Dice+CE + lambda_msc * MSC + lambda_mjap * MJAP`` (Boutillon et al. 2022)."""
+
+    lambda_msc: float = 0.1
+    msc_stages: str = "all"
+    msc_temperature: float = 0.1
+    lambda_mjap: float = 0.1
+    ae_lambda_msc: float = 0.05
+    ae_iterations: int = 500
+    ae_features: tuple = (16, 32, 64, 64)
+
+    def initialize(self):
+        super().initialize()
+        from nnunetv2_mtmd.losses.anatomical_prior import AnatomicalPriorLoss, LabelAutoencoder
+        from nnunetv2_mtmd.losses.combined import RegularizedLoss
+        from nnunetv2_mtmd.losses.contrastive import MultiScaleContrastiveLoss
+
+        net = self._plain_network()
+        net.collect_features = self.lambda_msc > 0
+        self.autoencoder = None
+        mjap = msc = None
+        if self.lambda_mjap > 0:
+            conv_op = torch.nn.Conv3d if len(self.configuration_manager.patch_size) == 3 else torch.nn.Conv2d
+            self.autoencoder = LabelAutoencoder(self.domain_spec.domain_label_ids, features=self.ae_features,
+                                                conv_op=conv_op).to(self.device)
+            self.autoencoder_trained = False
+            mjap = AnatomicalPriorLoss(self.autoencoder)
+        if self.lambda_msc > 0:
+            msc = MultiScaleContrastiveLoss(self.msc_temperature, self.msc_stages)
+
+        def network_state():
+            return net.training, getattr(net, "last_features", None), net.last_domain_idx
+
+        self.loss = RegularizedLoss(self.loss, network_state, msc=msc, mjap=mjap,
+                                    lambda_msc=self.lambda_msc, lambda_mjap=self.lambda_mjap)
+        for k in EXTRA_LOG_KEYS:
+            self.logger.local_logger.my_fantastic_logging.setdefault(k, [])
+
+    def _plain_network(self) -> torch.nn.Module:
+        mod = self.network.module if self.is_ddp else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    # --------------------------------------------------------------- phase 1: label autoencoder
+    def on_train_start(self):
+        super().on_train_start()
+        if self.autoencoder is not None and not self.autoencoder_trained:
+            from nnunetv2_mtmd.training.autoencoder_phase import train_autoencoder
+
+            self.print_to_log_file(f"MJAP phase 1: training the label autoencoder for {self.ae_iterations} "
+                                   f"iterations (lambda1 = {self.ae_lambda_msc})")
+            st = train_autoencoder(self.autoencoder, self.dataloader_train, self.dataloader_val, self.ae_iterations,
+                                   self.device, self.output_folder, self.print_to_log_file,
+                                   lambda1=self.ae_lambda_msc, temperature=self.msc_temperature)
+            self.autoencoder_history = st.history
+            self.autoencoder_trained = True
+            if st.history:
+                self.print_to_log_file(f"MJAP autoencoder frozen; validation reconstruction Dice "
+                                       f"{st.history[-1]['val_dice']:.4f}")
+
+    def on_train_end(self):
+        self._plain_network().collect_features = False  # nnU-Net's final validation needs no features
+        super().on_train_end()
+
+    # ------------------------------------------------------------------------------ logging
+    def on_train_epoch_end(self, train_outputs):
+        super().on_train_epoch_end(train_outputs)
+        means = self.loss.tracker.pop_means()
+        for key, term in (("seg_loss", "seg"), ("msc_loss", "msc"), ("mjap_loss", "mjap")):
+            self.logger.log(key, means.get(term, np.nan), self.current_epoch)
+        skipped = int(means.get("msc_skipped", 0))
+        self.logger.log("msc_skipped_batches", skipped, self.current_epoch)
+        self.print_to_log_file(
+            f"seg_loss {means.get('seg', np.nan):.4f}  msc {means.get('msc', np.nan):.4f} (x{self.lambda_msc})  "
+            f"mjap {means.get('mjap', np.nan):.4f} (x{self.lambda_mjap})"
+            + (f"  MSC skipped in {skipped} batch(es) without positive pairs" if skipped else "")
+        )
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if self.local_rank == 0:
+            from nnunetv2_mtmd.evaluation.training_plots import plot_loss_terms
+
+            plot_loss_terms(self.logger.local_logger.my_fantastic_logging, self.current_epoch,
+                            join(self.output_folder, "progress_mtmd.png"))
+
+    # -------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename)
+        if self.local_rank == 0 and not self.disable_checkpointing and self.autoencoder is not None:
+            ckpt = torch.load(filename, map_location="cpu", weights_only=False)
+            ckpt["mtmd_autoencoder"] = {"config": self.autoencoder.get_config(),
+                                        "state_dict": self.autoencoder.state_dict(),
+                                        "trained": self.autoencoder_trained}
+            torch.save(ckpt, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint):
+        super().load_checkpoint(filename_or_checkpoint)
+        ckpt = filename_or_checkpoint
+        if isinstance(ckpt, str):
+            ckpt = torch.load(ckpt, map_location=self.device, weights_only=False)
+        extra = ckpt.get("mtmd_autoencoder")
+        if self.autoencoder is not None and extra is not None:
+            self.autoencoder.load_state_dict(extra["state_dict"])
+            self.autoencoder_trained = bool(extra["trained"])
+            if self.autoencoder_trained:
+                self.autoencoder.eval()
+                for p in self.autoencoder.parameters():
+                    p.requires_grad_(False)
+        for k in EXTRA_LOG_KEYS:
+            self.logger.local_logger.my_fantastic_logging.setdefault(k, [])
 
 
-__all__ = ["nnUNetTrainerMTMD_DSL", "nnUNetTrainerMTMD"]
+class nnUNetTrainerMTMD_DSL_MSC(nnUNetTrainerMTMD):
+    """DSL + multi-scale supervised contrastive regularization (all encoder and decoder stages)."""
+
+    lambda_mjap = 0.0
+
+
+class nnUNetTrainerMTMD_DSL_SSC(nnUNetTrainerMTMD):
+    """DSL + single-scale (bottleneck) supervised contrastive regularization (Boutillon et al. 2021)."""
+
+    lambda_mjap = 0.0
+    msc_stages = "bottleneck"
+
+
+class nnUNetTrainerMTMD_DSL_MJAP(nnUNetTrainerMTMD):
+    """DSL + multi-joint anatomical priors."""
+
+    lambda_msc = 0.0
+
+
+class nnUNetTrainerMTMD_Shared(nnUNetTrainerMTMD):
+    """The paper's "shared" scheme on nnU-Net: shared convolutions AND shared batch norm, one head
+    over all unified labels. The domain code channel is still read and stripped (never convolved),
+    so input and label space match the other schemes."""
+
+    lambda_msc = 0.0
+    lambda_mjap = 0.0
+
+    @classmethod
+    def network_overrides_for(cls, configuration_manager) -> dict:
+        dim = len(configuration_manager.patch_size)
+        return {"norm_op": f"torch.nn.BatchNorm{dim}d",
+                "norm_op_kwargs": {"eps": 1e-5, "momentum": 0.1, "affine": True},
+                "head_mode": "shared"}
+
+
+class nnUNetTrainerMTMD_Shared_MJAP(nnUNetTrainerMTMD_Shared):
+    """Shared scheme + multi-joint anatomical priors."""
+
+    lambda_mjap = 0.1
+
+
+# The DSL scheme has no regularizer; defined in base.py and re-exported here for the table above.
+SCHEMES = {
+    "DSL": nnUNetTrainerMTMD_DSL,
+    "DSL_SSC": nnUNetTrainerMTMD_DSL_SSC,
+    "DSL_MSC": nnUNetTrainerMTMD_DSL_MSC,
+    "DSL_MJAP": nnUNetTrainerMTMD_DSL_MJAP,
+    "MTMD": nnUNetTrainerMTMD,
+    "Shared": nnUNetTrainerMTMD_Shared,
+    "Shared_MJAP": nnUNetTrainerMTMD_Shared_MJAP,
+}
+
+__all__ = ["nnUNetTrainerMTMD_DSL", "nnUNetTrainerMTMD", "nnUNetTrainerMTMD_DSL_MSC", "nnUNetTrainerMTMD_DSL_SSC",
+           "nnUNetTrainerMTMD_DSL_MJAP", "nnUNetTrainerMTMD_Shared", "nnUNetTrainerMTMD_Shared_MJAP"]
