@@ -32,11 +32,17 @@ Train a fold afterwards with nnUNetv2_train DATASET CONFIG FOLD as usual."""
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    p = argparse.ArgumentParser(prog="nnUNetv2_mtmd_splits", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="nnUNetv2_mtmd_splits", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
     p.add_argument("-d", dest="dataset", required=True, help="merged dataset id or name, e.g. 950")
     p.add_argument("--scheme", choices=SCHEMES, default="5fold", help="split scheme")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the per-domain shuffle (nnU-Net's default)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing, different splits_final.json")
+    p.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help="seed of the per-domain shuffle (nnU-Net's default)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing, different splits_final.json"
+    )
     args = p.parse_args(argv)
 
     target = find_split_target(args.dataset)
@@ -45,9 +51,13 @@ def _main(argv: Sequence[str] | None) -> int:
     written = write_splits(splits, target.splits_file, overwrite=args.overwrite)
     logger.info(describe_splits(splits, target.spec))
     if written:
-        logger.info("Wrote %d folds (%s, seed %d) to %s", len(splits), args.scheme, args.seed, target.splits_file)
+        logger.info(
+            "Wrote %d folds (%s, seed %d) to %s", len(splits), args.scheme, args.seed, target.splits_file
+        )
     else:
-        logger.info("%s already holds exactly these %d folds; left unchanged.", target.splits_file, len(splits))
+        logger.info(
+            "%s already holds exactly these %d folds; left unchanged.", target.splits_file, len(splits)
+        )
     return 0
 
 

@@ -123,11 +123,17 @@ def domain_stratified_kfold(
         if len(cases) < n_folds:
             logger.warning(
                 "Domain '%s' has %d cases for %d folds: it is in the validation set of only %d folds.",
-                d.name, len(cases), n_folds, len(cases),
+                d.name,
+                len(cases),
+                n_folds,
+                len(cases),
             )
         if len(cases) == 1:
-            logger.warning("Domain '%s' has a single case: the fold validating on it has no training case "
-                           "of that domain.", d.name)
+            logger.warning(
+                "Domain '%s' has a single case: the fold validating on it has no training case "
+                "of that domain.",
+                d.name,
+            )
         for j, c in enumerate(_shuffled(cases, seed, d.code)):
             val_sets[(offset + j) % n_folds].append(c)
         offset += len(cases)
@@ -153,9 +159,10 @@ def leave_one_out_splits(case_ids: Iterable[str], spec: DomainSpec, seed: int = 
     return _finish(val_sets, all_ids)
 
 
-def make_splits(case_ids: Iterable[str], spec: DomainSpec, scheme: str = "5fold",
-                seed: int = DEFAULT_SEED) -> list[Split]:
-    """Dispatch to :func:`domain_stratified_kfold` (``"5fold"``) or :func:`leave_one_out_splits` (``"loo"``)."""
+def make_splits(
+    case_ids: Iterable[str], spec: DomainSpec, scheme: str = "5fold", seed: int = DEFAULT_SEED
+) -> list[Split]:
+    """Dispatch to :func:`domain_stratified_kfold` (``5fold``) or :func:`leave_one_out_splits` (``loo``)."""
     if scheme == "5fold":
         return domain_stratified_kfold(case_ids, spec, n_folds=5, seed=seed)
     if scheme == "loo":

@@ -1,0 +1,172 @@
+"""Post-processing: largest component, closing with a 5x5x5 ball, no label overwrites, folder I/O."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from nnunetv2_mtmd.cli.postprocess import main as postprocess_main
+from nnunetv2_mtmd.errors import OutputExistsError
+from nnunetv2_mtmd.evaluation.postprocess import (
+    ball,
+    closing_exact,
+    largest_component,
+    merge_closings,
+    postprocess_folder,
+    postprocess_labels,
+)
+from tests.evaluation.test_evaluate import make_spec, write_merged_dataset
+
+
+def test_ball_is_5x5x5_with_radius_2():
+    b = ball(2)
+    assert b.shape == (5, 5, 5)
+    # offsets with dz^2 + dy^2 + dx^2 <= 4: 1 (centre) + 6 (dist 1) + 12 (sqrt 2) + 8 (sqrt 3) + 6 (dist 2)
+    assert b.sum() == 33
+    assert b[2, 2, 0] and b[2, 2, 4] and not b[0, 0, 0] and b[1, 1, 1] and not b[0, 1, 1]
+
+
+def test_spurious_island_removed():
+    seg = np.zeros((10, 12, 12), np.uint8)
+    seg[2:7, 2:7, 2:7] = 1
+    seg[9, 11, 11] = 1  # island far away
+    seg[2:4, 9:11, 9:11] = 2
+    seg[8, 0, 0] = 2  # island of structure 2
+    out = postprocess_labels(seg, [1, 2])
+    assert out[9, 11, 11] == 0 and out[8, 0, 0] == 0
+    assert (out == 1).sum() == 125 and (out == 2).sum() == 8
+
+
+def test_largest_component_connectivity():
+    m = np.zeros((3, 5, 5), bool)
+    m[1, 1:3, 1:3] = True  # 4 voxels
+    m[2, 3, 3] = True  # touches (1, 2, 2) by a corner only
+    assert largest_component(m, 26).sum() == 5
+    assert largest_component(m, 6).sum() == 4
+    assert not largest_component(np.zeros((2, 2, 2), bool)).any()
+
+
+def test_one_voxel_gap_closed():
+    seg = np.zeros((9, 9, 13), np.uint8)
+    seg[2:7, 2:7, 2:11] = 3
+    seg[4, 4, 6] = 0  # one-voxel hole inside
+    seg[2:7, 4, 6] = 0  # one-voxel wide crack through the block in z (still one component)
+    out = postprocess_labels(seg, [3])
+    assert out[4, 4, 6] == 3
+    assert (out[3:6, 4, 6] == 3).all()  # the crack is closed away from the block's faces
+    assert ((out == 3) >= (seg == 3)).all()  # closing never removes a voxel
+
+
+def test_closing_exact_matches_padded_scipy_and_touches_border():
+    rng = np.random.default_rng(0)
+    m = ndimage.binary_opening(rng.random((8, 10, 9)) > 0.4)
+    m[:, :, 0] |= True  # touches the image border
+    mine = closing_exact(m, 2)
+    pad = 5
+    ref = ndimage.binary_closing(np.pad(m, pad), structure=ball(2))[pad:-pad, pad:-pad, pad:-pad]
+    np.testing.assert_array_equal(mine, ref)
+    assert (mine >= m).all()
+
+
+def test_closing_does_not_overwrite_other_structure():
+    seg = np.zeros((9, 9, 13), np.uint8)
+    seg[2:7, 2:7, 2:11] = 1
+    seg[4, 4, 6] = 2  # a structure-2 voxel inside structure 1's hole
+    out = postprocess_labels(seg, [1, 2])
+    assert out[4, 4, 6] == 2
+    assert ((out == 1) == (seg == 1)).all()  # the hole is not background, so nothing to add
+
+
+def test_merge_closings_contested_voxel_stays_background():
+    base = np.array([[0, 0, 0, 1, 2]])
+    c1 = np.array([[1, 1, 0, 1, 1]], bool)  # claims voxels 0, 1 (and 3, 4 are not background)
+    c2 = np.array([[0, 1, 1, 0, 1]], bool)  # claims voxels 1, 2
+    out = merge_closings(base, {1: c1, 2: c2})
+    assert out.tolist() == [[1, 0, 2, 1, 2]]
+    assert merge_closings(base, {2: c2, 1: c1}).tolist() == out.tolist()  # order-independent
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_structures_never_swap_labels(seed):
+    rng = np.random.default_rng(seed)
+    seg = np.zeros((12, 16, 16), np.uint8)
+    for lab in (1, 2, 3):
+        for _ in range(3):
+            z, y, x = rng.integers(0, 10), rng.integers(0, 13), rng.integers(0, 13)
+            seg[z : z + rng.integers(2, 5), y : y + rng.integers(2, 6), x : x + rng.integers(2, 6)] = lab
+    seg[rng.random(seg.shape) < 0.1] = 0  # holes everywhere
+    out = postprocess_labels(seg, [1, 2, 3])
+    changed = out != seg
+    # a voxel changes only from structure to background (islands) or background to structure (closing)
+    assert not (changed & (seg != 0) & (out != 0)).any()
+    for lab in (1, 2, 3):
+        kept = out == lab
+        assert (seg[kept] != lab).sum() == (kept & (seg == 0)).sum()  # new voxels were background
+        if kept.any():
+            assert ndimage.label(kept, ndimage.generate_binary_structure(3, 3))[1] == 1
+
+
+def test_other_domain_labels_removed():
+    seg = np.zeros((5, 5, 5), np.uint8)
+    seg[1:3, 1:3, 1:3] = 1
+    seg[3:5, 3:5, 3:5] = 7
+    out = postprocess_labels(seg, [1, 2, 3])
+    assert set(np.unique(out)) == {0, 1}
+
+
+def _write(arr, path, spacing=(0.8, 0.8, 3.0), origin=(1.0, -2.0, 5.0)):
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    img.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, 1))
+    sitk.WriteImage(img, str(path))
+
+
+def test_folder_and_cli(tmp_path, nnunet_dirs):
+    spec = make_spec()
+    write_merged_dataset(nnunet_dirs["raw"], spec, 950)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    knee = np.zeros((6, 10, 10), np.uint8)
+    knee[1:5, 1:6, 1:6] = 4
+    knee[3, 3, 3] = 0
+    knee[5, 9, 9] = 4  # island
+    knee[0, 9, 0] = 1  # an ankle label in a knee case
+    _write(knee, pred / "knee_001.nii.gz")
+    ankle = np.zeros((6, 10, 10), np.uint8)
+    ankle[2:4, 2:4, 2:4] = 2
+    _write(ankle, pred / "ankle_001.nii.gz")
+    (pred / "plans.json").write_text("{}")
+    out = tmp_path / "pp"
+    cases = postprocess_folder(pred, out, spec, ".nii.gz", num_processes=2)
+    assert cases == ["ankle_001", "knee_001"]
+    img = sitk.ReadImage(str(out / "knee_001.nii.gz"))
+    arr = sitk.GetArrayFromImage(img)
+    assert arr.dtype == np.uint8
+    assert img.GetSpacing() == pytest.approx((0.8, 0.8, 3.0)) and img.GetOrigin() == pytest.approx((1, -2, 5))
+    assert img.GetDirection() == pytest.approx((0, 1, 0, 1, 0, 0, 0, 0, 1))
+    assert arr[3, 3, 3] == 4 and arr[5, 9, 9] == 0 and arr[0, 9, 0] == 0
+    assert (out / "plans.json").is_file()
+    assert json.loads((out / "postprocessing_mtmd.json").read_text())["closing_ball_size_voxels"] == 5
+    with pytest.raises(OutputExistsError):
+        postprocess_folder(pred, out, spec, ".nii.gz", num_processes=1)
+    assert postprocess_main(["-i", str(pred), "-o", str(tmp_path / "pp2"), "-d", "950", "-np", "1"]) == 0
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pp2" / "knee_001.nii.gz"))), arr
+    )
+    assert postprocess_main(["-i", str(pred), "-o", str(pred), "-d", "950"]) == 2
+
+
+def test_removed_island_is_not_given_to_another_structure():
+    seg = np.zeros((9, 9, 13), np.uint8)
+    seg[2:7, 2:7, 2:11] = 1
+    seg[4, 4, 6] = 2  # a one-voxel island of 2 inside structure 1's hole
+    seg[0:2, 0:2, 0:3] = 2  # the larger component of 2
+    out = postprocess_labels(seg, [1, 2])
+    assert out[4, 4, 6] == 0  # removed from 2, and not background in the input, so 1 may not take it
+    m = merge_closings(np.array([[0, 0]]), {1: np.array([[1, 1]], bool)}, fillable=np.array([[1, 0]], bool))
+    assert m.tolist() == [[1, 0]]
