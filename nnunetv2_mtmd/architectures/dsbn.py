@@ -19,25 +19,32 @@ root of the module tree (the multi-domain U-Net does this itself from the code c
 
 Implementation notes
 --------------------
-* The forward pass is vectorised over domains (no Python loop over domains): per-sample channel sums
-  are scattered into per-domain sums with a one-hot ``(B, K)`` table (broadcast-multiply-and-sum:
-  exact fp32, deterministic on every device, no TF32 matmul), per-domain mean and two-pass biased
-  variance are gathered back per sample, and the per-sample affine parameters are gathered from the
-  ``(K, C)`` parameter tensors. Cost is independent of K apart from ``(B, K, C)``-sized tables.
+* The forward pass is vectorised over domains (no Python loop over domains): per-sample channel
+  sums are pooled into per-domain sums with a one-hot ``(B, K)`` table (broadcast-multiply-and-sum:
+  exact, deterministic on every device, no TF32 matmul), the per-domain mean is gathered back per
+  sample, the biased variance is computed in a second pass over ``x - mean`` (two-pass, no
+  ``E[x^2] - E[x]^2`` cancellation), and ``y = x * alpha + beta`` is applied in one fused pass with
+  per-sample ``alpha, beta`` gathered from the ``(K, C)`` statistics and affine parameters. Cost is
+  independent of K apart from ``(B, K, C)``-sized tables. Every domain's parameters take part in the
+  graph (zero gradient when absent), so DDP never sees unused parameters.
+* Training uses a hand-written autograd function (:class:`_DSBNBatchStats`, the per-group batch-norm
+  backward; saves only the input and ``(K, C)`` statistics); ``use_fused_function = False`` (or the
+  distributed all-reduce) uses plain autograd ops instead. Both are tested against
+  ``torch.nn.BatchNorm``.
 * Statistics are computed in fp32 (fp64 for fp64 inputs) and the output is cast back to the input
   dtype, so the modules are safe under ``torch.autocast`` / fp16 inputs.
 * Edge case that ``torch.nn.BatchNorm`` rejects: a domain represented by a single value per channel in
   a training batch (one sample and spatial size 1). Here it is allowed: the batch variance is 0, the
-  normalised value is exactly 0 (the output equals that domain's bias), the running mean is updated
-  and the running variance update is skipped for that domain (an unbiased variance of one value is
-  undefined). No NaN is produced.
-* Distributed training (hook for later): nnU-Net's DDP path calls
+  normalised value is 0 up to rounding (the output equals that domain's bias), the running mean is
+  updated and the running variance update is skipped for that domain (an unbiased variance of one
+  value is undefined). No NaN is produced.
+* Distributed training: nnU-Net's DDP path calls
   ``nn.SyncBatchNorm.convert_sync_batchnorm``, which does not touch these modules. If
   ``sync_distributed`` is True (see :func:`set_dsbn_sync`), torch.distributed is initialised and the
   world size is > 1, the per-domain sums and counts are all-reduced (with
   ``torch.distributed.nn.functional.all_reduce``, which keeps gradients) in training mode, so every
-  rank normalises with the global per-domain statistics. Off by default: it requires every rank to run
-  every training forward pass.
+  rank normalises with the global per-domain statistics (tested with two gloo processes). Off by
+  default: it requires every rank to run every training forward pass.
 """
 
 from __future__ import annotations
@@ -148,6 +155,14 @@ def set_dsbn_sync(module_tree: nn.Module, enabled: bool = True) -> None:
             m.sync_distributed = bool(enabled)
 
 
+def _check_num_domains(owner: str, num_domains: object) -> None:
+    if isinstance(num_domains, bool) or not isinstance(num_domains, int) or num_domains < 1:
+        raise ValueError(
+            f"{owner}: num_domains must be an integer >= 1, found {num_domains!r}. It comes from "
+            "norm_op_kwargs['num_domains'] in the plans (the number of domains of the dataset)."
+        )
+
+
 def _gather(table: Tensor, onehot: Tensor) -> Tensor:
     """Rows of ``table`` (K, C) picked per sample by ``onehot`` (B, K) -> (B, C).
 
@@ -159,6 +174,110 @@ def _gather(table: Tensor, onehot: Tensor) -> Tensor:
 def _scatter_sum(values: Tensor, onehot: Tensor) -> Tensor:
     """Per-domain sums of per-sample ``values`` (B, C) with ``onehot`` (B, K) -> (K, C)."""
     return (onehot[:, :, None] * values[:, None, :]).sum(0)
+
+def _bcast(t: Tensor, x: Tensor) -> Tensor:
+    """View a per-sample, per-channel table (B, C) as (B, C, 1, ...) to broadcast against ``x``."""
+    return t.view(*t.shape, *([1] * (x.ndim - 2)))
+
+
+def _alpha_beta(
+    scale: Tensor, mean_s: Tensor, weight: Tensor | None, bias: Tensor | None, onehot: Tensor, cdt: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Per-sample ``alpha, beta`` (B, C) with ``y = x * alpha + beta = (x - mean) * scale * w + b``."""
+    if weight is None:
+        return scale, -mean_s * scale
+    alpha = scale * _gather(weight.to(cdt), onehot)
+    return alpha, _gather(bias.to(cdt), onehot) - mean_s * alpha
+
+
+def _dsbn_batch_stats_autograd(
+    x: Tensor, d: Tensor, k: int, weight: Tensor | None, bias: Tensor | None, eps: float, sync: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Batch-statistics DSBN with plain autograd ops (reference path; supports the DDP all-reduce).
+
+    Returns ``y`` (shape and dtype of ``x``), per-domain ``mean_k``, biased ``var_k`` (K, C) and the
+    number of values per channel of every domain ``count`` (K,)."""
+    b, c = x.shape[:2]
+    cdt = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(cdt).reshape(b, c, -1)  # (B, C, N)
+    n = xf.shape[-1]
+    onehot = F.one_hot(d, k).to(cdt)  # (B, K)
+    count = onehot.sum(0) * n  # (K,)
+    sums = _scatter_sum(xf.sum(-1), onehot)  # (K, C)
+    if sync:
+        red = _all_reduce(torch.cat([sums, count[:, None]], 1))
+        sums, count = red[:, :c], red[:, c].detach()
+    denom = count.clamp(min=1)[:, None]
+    mean_k = sums / denom
+    mean_s = _gather(mean_k, onehot)  # (B, C)
+    diff = xf - mean_s[..., None]
+    sq = _scatter_sum((diff * diff).sum(-1), onehot)  # two-pass variance
+    if sync:
+        sq = _all_reduce(sq)
+    var_k = sq / denom  # biased, as used for normalisation by nn.BatchNorm
+    scale = torch.rsqrt(_gather(var_k, onehot) + eps)
+    alpha, beta = _alpha_beta(scale, mean_s, weight, bias, onehot, cdt)
+    y = torch.addcmul(_bcast(beta, x), x.to(cdt), _bcast(alpha, x))
+    return y.to(x.dtype), mean_k, var_k, count
+
+
+class _DSBNBatchStats(torch.autograd.Function):
+    """Batch-statistics DSBN with a hand-written backward (the per-group batch-norm gradient).
+
+    Forward as :func:`_dsbn_batch_stats_autograd` without all-reduce. Saves only the input (in its own
+    dtype) and ``(K, C)`` statistics. Backward, per domain k with ``xc = x - mean_k``,
+    ``xhat = xc * invstd_k``, ``A = w_k * invstd_k`` and sums over the samples of domain k:
+    ``dx = A * (g - sum(g) / n_k - xhat * sum(g * xhat) / n_k)``, ``dw_k = sum(g * xhat)``,
+    ``db_k = sum(g)``. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x, d, k, weight, bias, eps):  # noqa: D102
+        b, c = x.shape[:2]
+        cdt = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(cdt).reshape(b, c, -1)
+        n = xf.shape[-1]
+        onehot = F.one_hot(d, k).to(cdt)
+        count = onehot.sum(0) * n
+        denom = count.clamp(min=1)[:, None]
+        mean_k = _scatter_sum(xf.sum(-1), onehot) / denom
+        mean_s = _gather(mean_k, onehot)
+        sq = (xf - mean_s[..., None]).square_().sum(-1)  # two-pass variance
+        var_k = _scatter_sum(sq, onehot) / denom
+        invstd_k = torch.rsqrt(var_k + eps)
+        alpha, beta = _alpha_beta(_gather(invstd_k, onehot), mean_s, weight, bias, onehot, cdt)
+        # computed in x's own shape: the output must not be a view (in-place nonlins follow)
+        y = torch.addcmul(_bcast(beta, x), x.to(cdt), _bcast(alpha, x)).to(x.dtype)
+        ctx.save_for_backward(x, d, weight, mean_k, invstd_k, denom)
+        ctx.k = k
+        ctx.mark_non_differentiable(mean_k, var_k, count)
+        return y, mean_k, var_k, count
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, _g_mean, _g_var, _g_count):  # noqa: D102
+        x, d, weight, mean_k, invstd_k, denom = ctx.saved_tensors
+        b, c = x.shape[:2]
+        cdt = mean_k.dtype
+        onehot = F.one_hot(d, ctx.k).to(cdt)
+        g = gy.to(cdt).reshape(b, c, -1)
+        xc = x.to(cdt).reshape(b, c, -1) - _gather(mean_k, onehot)[..., None]  # (B, C, N)
+        sum_g_k = _scatter_sum(g.sum(-1), onehot)  # (K, C)
+        sum_gxhat_k = _scatter_sum((g * xc).sum(-1), onehot) * invstd_k  # (K, C)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            invstd_s = _gather(invstd_k, onehot)
+            a = invstd_s if weight is None else invstd_s * _gather(weight.to(cdt), onehot)  # (B, C)
+            inv_n = _gather(1.0 / denom, onehot)  # (B, 1)
+            coef_xc = -a * invstd_s * _gather(sum_gxhat_k, onehot) * inv_n
+            coef_0 = -a * _gather(sum_g_k, onehot) * inv_n
+            grad_x = xc.mul_(coef_xc[..., None]).add_(coef_0[..., None]).addcmul_(g, a[..., None])
+            grad_x = grad_x.reshape(x.shape).to(x.dtype)
+        if weight is not None and ctx.needs_input_grad[3]:
+            grad_w = sum_gxhat_k.to(weight.dtype)
+        if weight is not None and ctx.needs_input_grad[4]:
+            grad_b = sum_g_k.to(weight.dtype)
+        return grad_x, None, None, grad_w, grad_b, None
 
 
 def _dist_active() -> bool:
@@ -190,6 +309,9 @@ class DomainSpecificBatchNorm(DomainAware, nn.Module):
     """
 
     _input_ndims: tuple[int, ...] = ()
+    #: Training forward/backward with the hand-written autograd function (fewer passes over memory);
+    #: False uses plain autograd ops (always used when statistics are all-reduced across processes).
+    use_fused_function: bool = True
 
     def __init__(
         self,
@@ -203,11 +325,7 @@ class DomainSpecificBatchNorm(DomainAware, nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(num_domains, bool) or not isinstance(num_domains, int) or num_domains < 1:
-            raise ValueError(
-                f"{type(self).__name__}: num_domains must be an integer >= 1, found {num_domains!r}. "
-                "It comes from norm_op_kwargs['num_domains'] in the plans (the number of domains of the dataset)."
-            )
+        _check_num_domains(type(self).__name__, num_domains)
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
             raise ValueError(
                 f"{type(self).__name__}: num_features must be an integer >= 1, found {num_features!r}."
@@ -273,46 +391,25 @@ class DomainSpecificBatchNorm(DomainAware, nn.Module):
         """Normalise ``x`` (B, C, *spatial) sample by sample with the statistics of its domain."""
         self._check_input_dim(x)
         d = self._require_domain(x)
-        b, c = x.shape[:2]
         k = self.num_domains
         cdt = torch.promote_types(x.dtype, torch.float32)  # fp32 statistics for fp16/bf16 inputs
-        xf = x.to(cdt).reshape(b, c, -1)  # (B, C, N)
-        n = xf.shape[-1]
-        onehot = F.one_hot(d, k).to(cdt)  # (B, K)
+        weight = self.weight if self.affine else None
+        bias = self.bias if self.affine else None
 
-        use_batch_stats = self.training or not self.track_running_stats
-        if use_batch_stats:
-            count = onehot.sum(0) * n  # (K,) values per channel per domain
-            sums = _scatter_sum(xf.sum(-1), onehot)  # (K, C)
+        if self.training or not self.track_running_stats:
             sync = self.sync_distributed and self.training and _dist_active()
-            if sync:
-                red = _all_reduce(torch.cat([sums, count[:, None]], 1))
-                sums, count = red[:, :c], red[:, c].detach()
-            denom = count.clamp(min=1)[:, None]
-            mean_k = sums / denom  # (K, C)
-            diff = xf - _gather(mean_k, onehot)[..., None]  # (B, C, N)
-            sq = _scatter_sum((diff * diff).sum(-1), onehot)  # (K, C)
-            if sync:
-                sq = _all_reduce(sq)
-            var_k = sq / denom  # biased, as used for normalisation by nn.BatchNorm
-            scale = torch.rsqrt(_gather(var_k, onehot) + self.eps)  # (B, C)
-            if self.affine:
-                scale = scale * _gather(self.weight.to(cdt), onehot)
-                y = diff * scale[..., None] + _gather(self.bias.to(cdt), onehot)[..., None]
+            if sync or not self.use_fused_function:
+                y, mean_k, var_k, count = _dsbn_batch_stats_autograd(x, d, k, weight, bias, self.eps, sync)
             else:
-                y = diff * scale[..., None]
+                y, mean_k, var_k, count = _DSBNBatchStats.apply(x, d, k, weight, bias, self.eps)
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean_k.detach(), var_k.detach(), count)
-        else:
-            rm = _gather(self.running_mean.to(cdt), onehot)
-            scale = torch.rsqrt(_gather(self.running_var.to(cdt), onehot) + self.eps)
-            if self.affine:
-                scale = scale * _gather(self.weight.to(cdt), onehot)
-                shift = _gather(self.bias.to(cdt), onehot) - rm * scale
-            else:
-                shift = -rm * scale
-            y = xf * scale[..., None] + shift[..., None]
-        return y.reshape(x.shape).to(x.dtype)
+            return y
+        onehot = F.one_hot(d, k).to(cdt)  # (B, K)
+        mean_s = _gather(self.running_mean.to(cdt), onehot)
+        scale = torch.rsqrt(_gather(self.running_var.to(cdt), onehot) + self.eps)
+        alpha, beta = _alpha_beta(scale, mean_s, weight, bias, onehot, cdt)
+        return torch.addcmul(_bcast(beta, x), x.to(cdt), _bcast(alpha, x)).to(x.dtype)
 
     @torch.no_grad()
     def _update_running_stats(self, mean_k: Tensor, var_k: Tensor, count: Tensor) -> None:
@@ -376,11 +473,7 @@ class DomainSpecificInstanceNorm(DomainAware, nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(num_domains, bool) or not isinstance(num_domains, int) or num_domains < 1:
-            raise ValueError(
-                f"{type(self).__name__}: num_domains must be an integer >= 1, found {num_domains!r}. "
-                "It comes from norm_op_kwargs['num_domains'] in the plans (the number of domains of the dataset)."
-            )
+        _check_num_domains(type(self).__name__, num_domains)
         if track_running_stats:
             raise ValueError(
                 f"{type(self).__name__}: track_running_stats=True is not supported (instance norm uses the "
@@ -413,13 +506,12 @@ class DomainSpecificInstanceNorm(DomainAware, nn.Module):
                 f"{type(self).__name__}: expected a {' or '.join(f'{n}D' for n in self._input_ndims)} input "
                 f"with {self.num_features} channels, found shape {tuple(x.shape)}."
             )
+        d = self._require_domain(x)  # required even without affine: keeps the contract consistent
+        cdt = torch.promote_types(x.dtype, torch.float32)
+        y = F.instance_norm(x.to(cdt), eps=self.eps)
         if not self.affine:
-            # the domain is irrelevant without affine parameters, but keep the contract consistent
-            self._require_domain(x)
-            return F.instance_norm(x.to(torch.promote_types(x.dtype, torch.float32)), eps=self.eps).to(x.dtype)
-        d = self._require_domain(x)
-        onehot = F.one_hot(d, self.num_domains).to(torch.float32)
-        y = F.instance_norm(x.float(), eps=self.eps)
+            return y.to(x.dtype)
+        onehot = F.one_hot(d, self.num_domains).to(cdt)
         extra = (1,) * (x.ndim - 2)
         w = _gather(self.weight.to(cdt), onehot).view(*x.shape[:2], *extra)
         b = _gather(self.bias.to(cdt), onehot).view(*x.shape[:2], *extra)

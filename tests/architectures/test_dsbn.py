@@ -59,10 +59,17 @@ def _reference_forward(bns: list[nn.Module], x: torch.Tensor, d: list[int]) -> t
     return out
 
 
+# the training forward has two implementations: a hand-written autograd function (default) and plain
+# autograd ops (used with the DDP all-reduce); both are checked against torch.nn.BatchNorm
+PATHS = pytest.mark.parametrize("fused", [True, False], ids=["fused", "autograd"])
+
+
+@PATHS
 @pytest.mark.parametrize("momentum", [0.1, 0.3, None])
-def test_equals_separate_batchnorms_train_then_eval(momentum):
+def test_equals_separate_batchnorms_train_then_eval(momentum, fused):
     torch.manual_seed(0)
     dsbn = DomainSpecificBatchNorm2d(C, num_domains=K, momentum=momentum)
+    dsbn.use_fused_function = fused
     _random_affine(dsbn)
     bns = _reference_bns(dsbn)
     domain_lists = [[0, 1, 1, 2, 0], [2, 2, 0, 0, 0], [1, 0, 1, 1, 2, 2]]
@@ -111,9 +118,11 @@ def test_only_present_domains_running_stats_change():
     assert after["num_batches_tracked"].tolist() == [0, 1, 0, 1]
 
 
-def test_mixed_batch_equals_each_group_alone():
+@PATHS
+def test_mixed_batch_equals_each_group_alone(fused):
     torch.manual_seed(1)
     dsbn = DomainSpecificBatchNorm2d(C, num_domains=K)
+    dsbn.use_fused_function = fused
     _random_affine(dsbn, seed=3)
     x = torch.randn(6, C, 4, 4)
     d = [0, 2, 1, 2, 0, 1]
@@ -124,46 +133,60 @@ def test_mixed_batch_equals_each_group_alone():
         torch.testing.assert_close(y_mixed[idx], y_alone, rtol=1e-6, atol=1e-6)
 
 
-def test_gradients_match_separate_batchnorms():
+@PATHS
+def test_gradients_match_separate_batchnorms(fused):
     torch.manual_seed(2)
     dsbn = DomainSpecificBatchNorm2d(C, num_domains=K).double()
+    dsbn.use_fused_function = fused
     _random_affine(dsbn)
     bns = [bn.double() for bn in _reference_bns(dsbn)]
     d = [0, 1, 0, 2, 1]
     x1 = torch.randn(5, C, 3, 4, dtype=torch.double, requires_grad=True)
     x2 = x1.detach().clone().requires_grad_(True)
     g = torch.randn(5, C, 3, 4, dtype=torch.double)
-    # DSBN computes in fp32: compare its gradient with a tolerance suited to fp32
     (_run(dsbn, x1, d) * g).sum().backward()
     (_reference_forward(bns, x2, d) * g).sum().backward()
-    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-10)
     for k, bn in enumerate(bns):
-        torch.testing.assert_close(dsbn.weight.grad[k], bn.weight.grad, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(dsbn.bias.grad[k], bn.bias.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(dsbn.weight.grad[k], bn.weight.grad, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(dsbn.bias.grad[k], bn.bias.grad, rtol=1e-10, atol=1e-10)
 
 
-def test_gradcheck_small():
-    # statistics are computed in fp32, so check the analytic gradient against finite differences with
-    # an fp32-sized step and tolerance
+@PATHS
+@pytest.mark.parametrize("affine", [True, False])
+def test_gradcheck_double(fused, affine):
     torch.manual_seed(3)
-    dsbn = DomainSpecificBatchNorm2d(2, num_domains=2)
-    _random_affine(dsbn)
-    set_domain_index(dsbn, torch.tensor([0, 1, 0]))
-    x = torch.randn(3, 2, 2, 2, requires_grad=True)
-    assert torch.autograd.gradcheck(dsbn, (x,), eps=1e-2, atol=5e-2, rtol=5e-2)
+    dsbn = DomainSpecificBatchNorm2d(2, num_domains=2, affine=affine).double()
+    dsbn.use_fused_function = fused
+    if affine:
+        _random_affine(dsbn)
+    set_domain_index(dsbn, torch.tensor([0, 1, 0, 1, 1]))
+    x = torch.randn(5, 2, 2, 3, dtype=torch.double, requires_grad=True)
+    if affine:  # gradients w.r.t. input AND the (K, C) affine parameters
+        assert torch.autograd.gradcheck(lambda inp, w, b: _functional(dsbn, inp, w, b), (x, dsbn.weight, dsbn.bias))
+    else:
+        assert torch.autograd.gradcheck(dsbn, (x,))
 
 
-def test_single_value_domain_allowed_no_nan():
+def _functional(dsbn, x, w, b):
+    """Run ``dsbn`` with parameters replaced by ``w``, ``b`` (so gradcheck perturbs them)."""
+    return torch.func.functional_call(dsbn, {"weight": w, "bias": b}, (x,))
+
+
+@PATHS
+def test_single_value_domain_allowed_no_nan(fused):
     dsbn = DomainSpecificBatchNorm2d(2, num_domains=2)
+    dsbn.use_fused_function = fused
     with torch.no_grad():
         dsbn.bias.copy_(torch.tensor([[0.5, -0.5], [7.0, 8.0]]))
-    x = torch.randn(3, 2, 1, 1)
+    x = torch.randn(3, 2, 1, 1, requires_grad=True)
     y = _run(dsbn, x, [0, 0, 1])
-    assert torch.isfinite(y).all()
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all() and torch.isfinite(dsbn.weight.grad).all()
     # the lone sample of domain 1 normalises to 0 -> output = its bias
-    assert y[2].flatten().tolist() == [7.0, 8.0]
+    torch.testing.assert_close(y[2].flatten(), torch.tensor([7.0, 8.0]), rtol=0, atol=1e-4)
     assert torch.equal(dsbn.running_var[1], torch.ones(2))  # variance update skipped
-    torch.testing.assert_close(dsbn.running_mean[1], 0.1 * x[2].flatten())
+    torch.testing.assert_close(dsbn.running_mean[1], 0.1 * x[2].detach().flatten())
     assert dsbn.num_batches_tracked.tolist() == [1, 1]
     assert torch.isfinite(dsbn.running_var).all()
 
@@ -207,8 +230,11 @@ def test_set_domain_index_tree_and_cache():
 
 @pytest.mark.parametrize(
     "cls,ref,shape",
-    [(DomainSpecificBatchNorm1d, nn.BatchNorm1d, (5, C)), (DomainSpecificBatchNorm1d, nn.BatchNorm1d, (5, C, 7)),
-     (DomainSpecificBatchNorm3d, nn.BatchNorm3d, (5, C, 3, 4, 2))],
+    [
+        (DomainSpecificBatchNorm1d, nn.BatchNorm1d, (5, C)),
+        (DomainSpecificBatchNorm1d, nn.BatchNorm1d, (5, C, 7)),
+        (DomainSpecificBatchNorm3d, nn.BatchNorm3d, (5, C, 3, 4, 2)),
+    ],
 )
 def test_other_dimensionalities(cls, ref, shape):
     torch.manual_seed(4)
@@ -220,9 +246,11 @@ def test_other_dimensionalities(cls, ref, shape):
     torch.testing.assert_close(_run(dsbn, x, d), _reference_forward(bns, x, d), rtol=1e-5, atol=1e-5)
 
 
-def test_fp16_and_autocast_keep_dtype_and_match_fp32():
+@PATHS
+def test_fp16_and_autocast_keep_dtype_and_match_fp32(fused):
     torch.manual_seed(5)
     dsbn = DomainSpecificBatchNorm2d(C, num_domains=2)
+    dsbn.use_fused_function = fused
     x = torch.randn(4, C, 8, 8) * 50 + 100  # large offset: a naive fp16 variance would be far off
     d = [0, 1, 1, 0]
     y32 = _run(copy.deepcopy(dsbn), x, d)
@@ -235,6 +263,14 @@ def test_fp16_and_autocast_keep_dtype_and_match_fp32():
         assert h.dtype == torch.bfloat16
         yb = _run(copy.deepcopy(dsbn), h, d)
     assert yb.dtype == torch.bfloat16 and torch.isfinite(yb.float()).all()
+    # backward through an fp16 input gives an fp16 gradient close to the fp32 one
+    x16 = x.half().requires_grad_(True)
+    x32 = x.clone().requires_grad_(True)
+    g = torch.randn_like(x)
+    (_run(copy.deepcopy(dsbn), x16, d).float() * g).sum().backward()
+    (_run(copy.deepcopy(dsbn), x32, d) * g).sum().backward()
+    assert x16.grad.dtype == torch.float16
+    torch.testing.assert_close(x16.grad.float(), x32.grad, rtol=2e-2, atol=2e-3)
 
 
 def test_track_running_stats_false_uses_batch_stats_in_eval():
@@ -275,10 +311,63 @@ def test_domain_specific_instance_norm_matches_per_domain_instancenorm():
 def test_dropin_norm_op_for_dynamic_network_architectures():
     from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
 
+    norm_kwargs = {"num_domains": K, "eps": 1e-5, "momentum": 0.1, "affine": True}
     block = ConvDropoutNormReLU(
-        nn.Conv2d, 2, C, 3, 1, False, DomainSpecificBatchNorm2d,
-        {"num_domains": K, "eps": 1e-5, "momentum": 0.1, "affine": True}, None, None, nn.LeakyReLU, {"inplace": True},
+        nn.Conv2d, 2, C, 3, 1, False, DomainSpecificBatchNorm2d, norm_kwargs, None, None,
+        nn.LeakyReLU, {"inplace": True},
     )
     assert isinstance(block.norm, DomainSpecificBatchNorm2d) and block.norm.num_domains == K
     set_domain_index(block, torch.tensor([0, 2]))
     assert block(torch.randn(2, 2, 6, 6)).shape == (2, C, 6, 6)
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from nnunetv2_mtmd.architectures.dsbn import set_dsbn_sync
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        x, d, g, state = torch.load(f"{out_dir}/inputs.pt")
+        dsbn = DomainSpecificBatchNorm2d(C, num_domains=K)
+        dsbn.load_state_dict(state)
+        set_dsbn_sync(dsbn, True)
+        sl = slice(rank * 3, rank * 3 + 3)
+        xr = x[sl].clone().requires_grad_(True)
+        y = _run(dsbn, xr, d[sl].tolist())
+        (y * g[sl]).sum().backward()
+        torch.save((y.detach(), xr.grad, dsbn.weight.grad, dsbn.bias.grad, dsbn.state_dict()),
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_sync_matches_single_process_full_batch(tmp_path):
+    """Two gloo processes with 3 samples each == one process with all 6 samples."""
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(8)
+    dsbn = DomainSpecificBatchNorm2d(C, num_domains=K)
+    _random_affine(dsbn)
+    x = torch.randn(6, C, 4, 4) * 2 + 1
+    d = torch.tensor([0, 1, 0, 2, 0, 1])
+    g = torch.randn(6, C, 4, 4)
+    torch.save((x, d, g, dsbn.state_dict()), tmp_path / "inputs.pt")
+    # fork: no re-import of torch in the children (spawn takes ~15 s on a loaded 2-core machine)
+    mp.start_processes(
+        _ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+    )
+
+    ref = copy.deepcopy(dsbn)
+    xf = x.clone().requires_grad_(True)
+    y_full = _run(ref, xf, d.tolist())
+    (y_full * g).sum().backward()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.testing.assert_close(torch.cat([r[0] for r in ranks]), y_full.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat([r[1] for r in ranks]), xf.grad, rtol=1e-4, atol=1e-5)
+    # DDP sums/averages parameter gradients; the sum of the local ones is the full-batch gradient
+    torch.testing.assert_close(ranks[0][2] + ranks[1][2], ref.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ranks[0][3] + ranks[1][3], ref.bias.grad, rtol=1e-4, atol=1e-5)
+    for r in ranks:
+        for key in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(r[4][key], ref.state_dict()[key], rtol=1e-5, atol=1e-6)
