@@ -66,8 +66,8 @@ def domain_balanced_fingerprint(
 
 
 def domain_balanced_batch_size(batch_size: int, num_domains: int, min_per_domain: int = 2) -> int:
-    """Round ``batch_size`` to the nearest multiple of K, at least ``min_per_domain * K``."""
-    per_domain = max(min_per_domain, int(round(batch_size / num_domains)))
+    """Round ``batch_size`` to the nearest multiple of K (halves up), at least ``min_per_domain * K``."""
+    per_domain = max(min_per_domain, int(batch_size / num_domains + 0.5))
     return per_domain * num_domains
 
 

@@ -4,6 +4,7 @@ nnU-Net sets epoch and iteration counts in ``__init__`` with the base signature 
 would break checkpoint bookkeeping), so each schedule is a tiny subclass:
 
 - ``nnUNetTrainerMTMD_1epoch``, ``nnUNetTrainerMTMD_5epochs``: nnU-Net's 250 iterations per epoch;
+- ``nnUNetTrainerMTMD_demo``: the CPU budget of ``nnUNetv2_mtmd_demo``;
 - ``<scheme>_debug`` for every scheme: 1 epoch of 3 training and 2 validation iterations and a
   20-iteration autoencoder phase, for tests and smoke runs (CPU, seconds).
 """
@@ -37,8 +38,11 @@ def with_schedule(base: type, suffix: str, epochs: int, iterations: int | None =
 
 nnUNetTrainerMTMD_1epoch = with_schedule(nnUNetTrainerMTMD, "1epoch", 1)
 nnUNetTrainerMTMD_5epochs = with_schedule(nnUNetTrainerMTMD, "5epochs", 5)
+#: The demo's CPU budget (nnUNetv2_mtmd_demo): 12 epochs of 60 iterations after a 200-iteration
+#: autoencoder phase.
+nnUNetTrainerMTMD_demo = with_schedule(nnUNetTrainerMTMD, "demo", 12, 60, 10, ae_iterations=200)
 DEBUG_TRAINERS = {name: with_schedule(cls, "debug", 1, 3, 2, ae_iterations=20) for name, cls in SCHEMES.items()}
 globals().update({cls.__name__: cls for cls in DEBUG_TRAINERS.values()})
 
-__all__ = ["nnUNetTrainerMTMD_1epoch", "nnUNetTrainerMTMD_5epochs", "with_schedule",
+__all__ = ["nnUNetTrainerMTMD_1epoch", "nnUNetTrainerMTMD_5epochs", "nnUNetTrainerMTMD_demo", "with_schedule",
            *(cls.__name__ for cls in DEBUG_TRAINERS.values())]

@@ -1,0 +1,57 @@
+"""Planner rules: each domain gets one vote, batch size a multiple of K, MTMD architecture entry."""
+
+from __future__ import annotations
+
+import pytest
+
+from nnunetv2_mtmd.domains import Domain, DomainLabel, DomainSpec
+from nnunetv2_mtmd.planning.planners import (
+    domain_balanced_batch_size,
+    domain_balanced_fingerprint,
+    to_multi_domain_architecture,
+)
+
+
+def _spec(sizes=(1, 2, 1)):
+    domains, uid = [], 1
+    for i, n in enumerate(sizes):
+        labels = tuple(DomainLabel(f"l{j}", j + 1, uid + j) for j in range(n))
+        uid += n
+        domains.append(Domain(f"d{i}", i + 1, f"Dataset90{i}_X", labels, 3))
+    return DomainSpec(tuple(domains), 1)
+
+
+def test_each_domain_one_vote():
+    # domain d0: 4 cases at 1 mm, d1: 1 case at 3 mm, d2: 1 case at 5 mm.
+    ids = ["d0_a", "d0_b", "d0_c", "d0_d", "d1_a", "d2_a"]
+    sp = [[2, 1, 1]] * 4 + [[2, 3, 3], [2, 5, 5]]
+    sh = [[10, 100, 100]] * 4 + [[10, 40, 40], [10, 20, 20]]
+    out_sp, out_sh = domain_balanced_fingerprint(ids, sp, sh, _spec())
+    assert out_sp == [[2, 1, 1], [2, 3, 3], [2, 5, 5]]
+    assert out_sh == [[10, 100, 100], [10, 40, 40], [10, 20, 20]]
+    # nnU-Net's median over cases would be 1 mm (d0 outvotes); over domain medians it is 3 mm.
+    import numpy as np
+
+    assert np.median(np.array(sp)[:, 1]) == 1 and np.median(np.array(out_sp)[:, 1]) == 3
+
+
+@pytest.mark.parametrize("bs,k,expected", [(12, 3, 12), (13, 3, 12), (14, 3, 15), (2, 3, 6), (5, 2, 6),
+                                           (57, 3, 57), (7, 10, 20), (40, 10, 40)])
+def test_batch_size_multiple_of_k_with_two_per_domain(bs, k, expected):
+    assert domain_balanced_batch_size(bs, k) == expected
+
+
+def test_architecture_entry():
+    arch = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {"conv_op": "torch.nn.modules.conv.Conv2d", "norm_op": "torch.nn.InstanceNorm2d",
+                            "norm_op_kwargs": {"eps": 1e-5, "affine": True}},
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    out = to_multi_domain_architecture(arch, _spec())
+    assert out["network_class_name"] == "nnunetv2_mtmd.architectures.unet.MultiDomainPlainConvUNet"
+    kw = out["arch_kwargs"]
+    assert kw["norm_op"] == "nnunetv2_mtmd.architectures.dsbn.DomainSpecificBatchNorm2d"
+    assert kw["norm_op_kwargs"]["num_domains"] == 3
+    assert kw["domain_label_ids"] == [[1], [2, 3], [4]]
+    assert arch["arch_kwargs"]["norm_op"] == "torch.nn.InstanceNorm2d"  # input not mutated
+    with pytest.raises(ValueError, match="No multi-domain version"):
+        to_multi_domain_architecture(dict(arch, network_class_name="x.ResidualUNet"), _spec())

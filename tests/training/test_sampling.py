@@ -1,0 +1,59 @@
+"""Domain-balanced batches: exactly B/K samples of every domain, forced-foreground slots spread over
+domains, code channel restored after augmentation."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from nnunetv2_mtmd.training.sampling import DomainBalancedDataLoader, balanced_domain_slots, restore_code_channel
+
+
+@pytest.mark.parametrize("batch_size,domains", [(6, [0, 1, 2]), (12, [0, 1, 2]), (10, [0, 1, 2, 3, 4]),
+                                                (4, [0, 1]), (20, list(range(10)))])
+def test_slots_exactly_b_over_k_per_domain_over_many_batches(batch_size, domains):
+    rng = np.random.RandomState(0)
+    for _ in range(500):
+        slots = balanced_domain_slots(batch_size, domains, rng)
+        assert len(slots) == batch_size
+        assert Counter(slots) == {d: batch_size // len(domains) for d in domains}
+
+
+def test_slots_are_shuffled_and_oversampled_tail_covers_domains():
+    rng = np.random.RandomState(1)
+    orders = {tuple(balanced_domain_slots(6, [0, 1, 2], rng)) for _ in range(200)}
+    assert len(orders) > 20  # not a fixed order
+    # nnU-Net forces foreground in the last round(B * 0.33) = 2 slots of a batch of 6: with one
+    # sample per domain per round, those two slots always hold two different domains.
+    for o in orders:
+        assert o[-1] != o[-2]
+
+
+def test_slots_with_missing_domain_spread_over_present_ones():
+    slots = balanced_domain_slots(6, [0, 2], np.random.RandomState(0))
+    assert Counter(slots) == {0: 3, 2: 3}
+    with pytest.raises(ValueError, match="no domain"):
+        balanced_domain_slots(6, [], np.random.RandomState(0))
+
+
+def test_get_indices_draws_keys_of_the_slot_domain():
+    dl = DomainBalancedDataLoader.__new__(DomainBalancedDataLoader)  # logic only, no dataset I/O
+    dl.batch_size = 9
+    dl.keys_per_domain = {0: ["a_1", "a_2"], 1: ["b_1"], 2: ["c_1", "c_2", "c_3"]}
+    dl.domains_present = [0, 1, 2]
+    np.random.seed(0)
+    for _ in range(100):
+        keys = dl.get_indices()
+        assert Counter(k[0] for k in keys) == {"a": 3, "b": 3, "c": 3}
+
+
+def test_restore_code_channel_overwrites_augmented_values():
+    data = torch.randn(4, 3, 8, 8)  # 2 image channels + corrupted code channel
+    img_before = data[:, :2].clone()
+    restore_code_channel(data, torch.tensor([0, 2, 1, 0]))
+    assert torch.equal(data[:, :2], img_before)
+    for b, code in enumerate([1, 3, 2, 1]):
+        assert torch.all(data[b, 2] == code)
