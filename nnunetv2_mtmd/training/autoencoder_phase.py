@@ -97,7 +97,7 @@ def train_autoencoder(
         total, ce, msc = autoencoder_loss(ae, onehot, dom, lambda1=lambda1, temperature=temperature)
         total.backward()
         opt.step()
-        ce_sum, msc_sum, n = ce_sum + float(ce), msc_sum + float(msc), n + 1
+        ce_sum, msc_sum, n = ce_sum + float(ce.detach()), msc_sum + float(msc.detach()), n + 1
         st.iterations_done = it + 1
         if st.iterations_done % save_every == 0 or st.iterations_done == iterations:
             val = validate_autoencoder(ae, val_batches, val_batches_per_check, device)

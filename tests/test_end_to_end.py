@@ -1,0 +1,155 @@
+"""End to end through the real console scripts on tiny synthetic data (issues 3 and 4):
+merge -> nnUNetv2_plan_and_preprocess -pl nnUNetPlannerMTMD -> nnUNetv2_train (every scheme, debug
+schedule) -> nnUNetv2_mtmd_prepare_input -> stock nnUNetv2_predict -> every predicted label belongs to
+its case's domain; plus the domain-balanced loader on the real preprocessed data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections import Counter
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from tests.conftest import venv_bin
+from tests.datagen import make_raw_dataset
+
+pytestmark = pytest.mark.slow
+
+SOURCES = {901: ("Ankle", ["calcaneus", "talus", "tibia"]), 902: ("Knee", ["femur", "patella"]),
+           903: ("Shoulder", ["humerus"])}
+DOMAINS = ["ankle", "knee", "shoulder"]
+DATASET = "Dataset950_E2E"
+
+
+def _run(args, env, timeout=900):
+    proc = subprocess.run([venv_bin(args[0]), *args[1:]], env=env, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Merged, planned and preprocessed tiny dataset; returns folders and env."""
+    root = tmp_path_factory.mktemp("e2e")
+    dirs = {k: root / f"nnUNet_{k}" for k in ("raw", "preprocessed", "results")}
+    for p in dirs.values():
+        p.mkdir()
+    env = dict(os.environ, **{f"nnUNet_{k}": str(p) for k, p in dirs.items()},
+               nnUNet_def_n_proc="2", nnUNet_compile="f", OMP_NUM_THREADS="2")
+    for k in ("nnUNet_extTrainer", "nnUNet_n_proc_DA"):
+        env.pop(k, None)
+    for i, (did, (name, labels)) in enumerate(SOURCES.items()):
+        make_raw_dataset(dirs["raw"], did, name, labels, n_cases=3, shape=(4, 32, 32), n_test=1, seed=i,
+                         spacing=(1.0, 1.0, 2.0))
+    _run(["nnUNetv2_mtmd_merge", "-d", "901", "902", "903", "--domains", *DOMAINS, "-o", "950", "-n", "E2E"], env)
+    _run(["nnUNetv2_plan_and_preprocess", "-d", "950", "-pl", "nnUNetPlannerMTMD", "-c", "2d", "-np", "2"], env)
+    # New cases of each domain, as a user would get them (no code channel), made prediction-ready.
+    inputs = root / "predict_input"
+    for did, dom in zip(SOURCES, DOMAINS):
+        src = next(dirs["raw"].glob(f"Dataset{did}_*")) / "imagesTs"
+        _run(["nnUNetv2_mtmd_prepare_input", "-i", str(src), "-o", str(root / f"in_{dom}"), "-d", "950",
+              "--domain", dom, "--prefix"], env)
+        for f in (root / f"in_{dom}").iterdir():
+            inputs.mkdir(exist_ok=True)
+            f.rename(inputs / f.name)
+    train_env = dict(env, nnUNet_n_proc_DA="0")
+    return {"root": root, "env": env, "train_env": train_env, "inputs": inputs, **dirs}
+
+
+def test_plans_are_multi_domain(pipeline):
+    plans = json.loads((pipeline["preprocessed"] / DATASET / "nnUNetPlans.json").read_text())
+    c = plans["configurations"]["2d"]
+    assert c["architecture"]["network_class_name"].endswith("MultiDomainPlainConvUNet")
+    assert c["architecture"]["arch_kwargs"]["domain_label_ids"] == [[1, 2, 3], [4, 5], [6]]
+    assert c["batch_size"] % 3 == 0 and c["batch_size"] >= 6
+    assert c["normalization_schemes"][-1] == "NoNormalization"
+
+
+def test_domain_balanced_batches_on_real_preprocessed_data(pipeline, monkeypatch):
+    """Batches from nnU-Net's own pipeline (augmentation included): B/K per domain, code restored."""
+    import torch
+
+    for k, v in pipeline["train_env"].items():
+        if k.startswith("nnUNet_"):
+            monkeypatch.setenv(k, v)
+    # nnunetv2.paths reads the environment lazily, so monkeypatched variables take effect.
+    from nnunetv2_mtmd.training.trainers import nnUNetTrainerMTMD_DSL
+
+    pre = pipeline["preprocessed"] / DATASET
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    dj = json.loads((pre / "dataset.json").read_text())
+    tr = nnUNetTrainerMTMD_DSL(plans, "2d", 0, dj, torch.device("cpu"))
+    tr.initialize()
+    dl_tr, _ = tr.get_dataloaders()
+    counts = Counter()
+    for _ in range(10):
+        b = next(dl_tr)
+        per = Counter(b["domain"].tolist())
+        assert per == {0: tr.batch_size // 3, 1: tr.batch_size // 3, 2: tr.batch_size // 3}
+        for i, key in enumerate(b["keys"]):
+            d = DOMAINS.index(key.split("_")[0])
+            assert d == int(b["domain"][i])
+            assert torch.all(b["data"][i, -1] == d + 1)
+        counts.update(per)
+    split = json.loads((pre / "splits_final.json").read_text())  # written by the trainer: domain-stratified
+    assert len(split) == 5
+    for fold in split:
+        assert not set(fold["train"]) & set(fold["val"])
+
+
+SCHEMES = ["nnUNetTrainerMTMD", "nnUNetTrainerMTMD_DSL", "nnUNetTrainerMTMD_DSL_SSC", "nnUNetTrainerMTMD_DSL_MSC",
+           "nnUNetTrainerMTMD_DSL_MJAP", "nnUNetTrainerMTMD_Shared", "nnUNetTrainerMTMD_Shared_MJAP"]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_scheme_trains_and_stock_predict_respects_domains(pipeline, scheme):
+    trainer = f"{scheme}_debug"
+    _run(["nnUNetv2_train", "950", "2d", "0", "-tr", trainer, "-device", "cpu"], pipeline["train_env"])
+    fold = pipeline["results"] / DATASET / f"{trainer}__nnUNetPlans__2d" / "fold_0"
+    assert (fold / "checkpoint_final.pth").is_file()
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert "seg_loss" in log or scheme == "nnUNetTrainerMTMD_DSL"
+    if "MJAP" in scheme or scheme == "nnUNetTrainerMTMD":
+        assert (fold / "label_autoencoder.pth").is_file()
+        assert "validation reconstruction Dice" in log
+    out = pipeline["root"] / f"pred_{scheme}"
+    _run(["nnUNetv2_predict", "-i", str(pipeline["inputs"]), "-o", str(out), "-d", "950", "-c", "2d", "-tr", trainer,
+          "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], pipeline["env"])
+    allowed = {"ankle": {0, 1, 2, 3}, "knee": {0, 4, 5}, "shoulder": {0, 6}}
+    preds = sorted(out.glob("*.nii.gz"))
+    assert len(preds) == 3
+    for p in preds:
+        labels = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(p)))).tolist())
+        assert labels <= allowed[p.name.split("_")[0]], (p.name, labels)
+
+
+def test_export_labels_round_trip_on_predictions(pipeline):
+    out = pipeline["root"] / "pred_nnUNetTrainerMTMD"
+    if not out.is_dir():
+        pytest.skip("needs the nnUNetTrainerMTMD prediction of the test above")
+    exp = pipeline["root"] / "exported"
+    _run(["nnUNetv2_mtmd_export_labels", "-i", str(out), "-o", str(exp), "-d", "950"], pipeline["env"])
+    for dom, n_labels in zip(DOMAINS, (3, 2, 1)):
+        files = list((exp / dom).glob("*.nii.gz"))
+        assert len(files) == 1
+        vals = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(files[0])))).tolist())
+        assert vals <= set(range(n_labels + 1))
+
+
+def test_continue_training_resumes_from_checkpoint(pipeline):
+    """`--c` after a finished debug run keeps epoch and autoencoder: nothing is retrained."""
+    trainer = "nnUNetTrainerMTMD_debug"
+    fold = pipeline["results"] / DATASET / f"{trainer}__nnUNetPlans__2d" / "fold_0"
+    if not (fold / "checkpoint_final.pth").is_file():
+        pytest.skip("needs the nnUNetTrainerMTMD_debug run of the test above")
+    ae_before = (fold / "label_autoencoder.pth").stat().st_mtime
+    _run(["nnUNetv2_train", "950", "2d", "0", "-tr", trainer, "-device", "cpu", "--c"], pipeline["train_env"])
+    logs = sorted(fold.glob("training_log_*.txt"))
+    assert "MJAP phase 1" not in logs[-1].read_text()  # autoencoder restored, not retrained
+    assert (fold / "label_autoencoder.pth").stat().st_mtime == ae_before
