@@ -180,32 +180,37 @@ def safe_child(parent: Path, name: str) -> Path:
     return p
 
 
-def find_dataset_json(identifier: str | int) -> Path:
-    """Path of the dataset.json of a dataset given as id (``950``), name (``Dataset950_Joints``), a
-    dataset folder or a dataset.json file.
+def find_dataset_json(dataset: str | int | Path) -> Path:
+    """Locate the dataset.json of a merged dataset.
 
-    An id or name is looked up in ``nnUNet_raw`` first, then in ``nnUNet_preprocessed`` (planning
-    copies dataset.json there); unset variables are skipped. Raises :class:`InputDataError` if none
-    has it."""
-    p = Path(str(identifier))
-    if p.suffix == ".json" and p.is_file():
-        return p
-    if p.is_dir() and (p / "dataset.json").is_file():
-        return p / "dataset.json"
-    errors = []
-    for var in ("nnUNet_raw", "nnUNet_preprocessed"):
-        if not os.environ.get(var):
-            errors.append(f"{var} is not set")
+    ``dataset`` is a path (a dataset.json or a folder containing one) or an id / full name, looked up
+    in ``$nnUNet_raw``, ``$nnUNet_preprocessed`` and ``$nnUNet_results`` (first hit wins)."""
+    p = Path(str(dataset))
+    if isinstance(dataset, Path) or ("/" in str(dataset) or os.sep in str(dataset)) or p.suffix == ".json":
+        if p.is_file():
+            return p
+        if (p / "dataset.json").is_file():
+            return p / "dataset.json"
+        raise InputDataError(f"{p} is neither a dataset.json nor a folder containing one.")
+    looked: list[str] = []
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        root = os.environ.get(var)
+        if not root or not Path(root).is_dir():
+            looked.append(f"${var} (unset)" if not root else f"${var}={root} (missing)")
             continue
         try:
-            folder = find_dataset(identifier, env_folder(var))
-        except InputDataError as e:
-            errors.append(str(e))
+            folder = find_dataset(dataset, Path(root))
+        except InputDataError:
+            looked.append(f"${var}={root}")
             continue
         if (folder / "dataset.json").is_file():
             return folder / "dataset.json"
-        errors.append(f"{folder} has no dataset.json")
+        if var == "nnUNet_results":
+            found = sorted(folder.glob("*/dataset.json"))
+            if found:
+                return found[0]
+        looked.append(f"{folder} (no dataset.json)")
     raise InputDataError(
-        f"Cannot find the dataset.json of dataset '{identifier}': " + "; ".join(errors)
-        + ". Pass a dataset id/name present in nnUNet_raw or nnUNet_preprocessed, or a dataset.json path."
+        f"Cannot find dataset {dataset!r}: looked in {'; '.join(looked)}. Pass the id of a merged dataset "
+        "that exists there, or a path to its dataset.json (-d /path/to/dataset.json)."
     )

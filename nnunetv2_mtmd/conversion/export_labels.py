@@ -110,7 +110,7 @@ def export_labels(
         pred_folder: unified-label predictions ``<case><ending>`` (e.g. ``nnUNetv2_predict -o``).
         output_folder: created (all-or-nothing) with one subfolder per domain that has cases.
         dataset: the merged dataset (id, name or path to its dataset.json; see
-            :func:`nnunetv2_mtmd.conversion.prepare_input.find_dataset_json`).
+            :func:`nnunetv2_mtmd.io.find_dataset_json`).
         domain: domain (name or code) of cases whose id carries no domain prefix.
         input_folder: the ``nnUNetv2_mtmd_prepare_input`` output, to read the code channel of cases
             with neither prefix nor ``domain``.

@@ -23,7 +23,6 @@ grids, input that already carries the code channel) leave no output folder behin
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -38,7 +37,7 @@ from nnunetv2_mtmd.io import (
     atomic_output_dir,
     constant_like,
     describe_geometry,
-    find_dataset,
+    find_dataset_json,
     load_json,
     read_image,
     safe_child,
@@ -46,44 +45,6 @@ from nnunetv2_mtmd.io import (
 )
 
 logger = logging.getLogger(__name__)
-
-_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
-
-
-def find_dataset_json(dataset: str | int | Path) -> Path:
-    """Locate the dataset.json of a merged dataset.
-
-    ``dataset`` is a path (a dataset.json or a folder containing one) or an id / full name, looked up
-    in ``$nnUNet_raw``, ``$nnUNet_preprocessed`` and ``$nnUNet_results`` (first hit wins)."""
-    p = Path(str(dataset))
-    if isinstance(dataset, Path) or ("/" in str(dataset) or os.sep in str(dataset)) or p.suffix == ".json":
-        if p.is_file():
-            return p
-        if (p / "dataset.json").is_file():
-            return p / "dataset.json"
-        raise InputDataError(f"{p} is neither a dataset.json nor a folder containing one.")
-    looked: list[str] = []
-    for var in _ENV_VARS:
-        root = os.environ.get(var)
-        if not root or not Path(root).is_dir():
-            looked.append(f"${var} (unset)" if not root else f"${var}={root} (missing)")
-            continue
-        try:
-            folder = find_dataset(dataset, Path(root))
-        except InputDataError:
-            looked.append(f"${var}={root}")
-            continue
-        if (folder / "dataset.json").is_file():
-            return folder / "dataset.json"
-        if var == "nnUNet_results":
-            found = sorted(folder.glob("*/dataset.json"))
-            if found:
-                return found[0]
-        looked.append(f"{folder} (no dataset.json)")
-    raise InputDataError(
-        f"Cannot find dataset {dataset!r}: looked in {'; '.join(looked)}. Pass the id of a merged dataset "
-        "that exists there, or a path to its dataset.json (-d /path/to/dataset.json)."
-    )
 
 
 def load_merged_dataset(dataset: str | int | Path) -> tuple[DomainSpec, dict[str, Any], Path]:
