@@ -29,7 +29,7 @@ def nnunet_dirs(tmp_path, monkeypatch):
         monkeypatch.setenv(f"nnUNet_{k}", str(p))
     env = dict(os.environ)
     env.update({f"nnUNet_{k}": str(p) for k, p in dirs.items()})
-    env.update({"nnUNet_def_n_proc": "2", "nnUNet_compile": "f", "OMP_NUM_THREADS": "2"})
+    env.update({"nnUNet_def_n_proc": "2", "nnUNet_compile": "f", "OMP_NUM_THREADS": "1"})
     env.pop("nnUNet_extTrainer", None)
     return {**dirs, "env": env}
 

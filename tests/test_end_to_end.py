@@ -40,7 +40,7 @@ def pipeline(tmp_path_factory):
     for p in dirs.values():
         p.mkdir()
     env = dict(os.environ, **{f"nnUNet_{k}": str(p) for k, p in dirs.items()},
-               nnUNet_def_n_proc="2", nnUNet_compile="f", OMP_NUM_THREADS="2")
+               nnUNet_def_n_proc="2", nnUNet_compile="f", OMP_NUM_THREADS="1")
     for k in ("nnUNet_extTrainer", "nnUNet_n_proc_DA"):
         env.pop(k, None)
     for i, (did, (name, labels)) in enumerate(SOURCES.items()):
@@ -153,3 +153,58 @@ def test_continue_training_resumes_from_checkpoint(pipeline):
     logs = sorted(fold.glob("training_log_*.txt"))
     assert "MJAP phase 1" not in logs[-1].read_text()  # autoencoder restored, not retrained
     assert (fold / "label_autoencoder.pth").stat().st_mtime == ae_before
+
+
+def _short_training_bottleneck_gap(pipeline, monkeypatch, trainer_name: str, iterations: int = 40):
+    """Train `iterations` steps in-process (same seed, same data), return (intra, inter) mean cosine
+    similarity of bottleneck embeddings of 4 fresh batches."""
+    import torch
+
+    from nnunetv2_mtmd.losses.contrastive import embed
+    from nnunetv2_mtmd.training import trainers
+
+    for k, v in pipeline["train_env"].items():
+        if k.startswith("nnUNet_"):
+            monkeypatch.setenv(k, v)
+    pre = pipeline["preprocessed"] / DATASET
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    dj = json.loads((pre / "dataset.json").read_text())
+    torch.manual_seed(0)
+    np.random.seed(0)
+    tr = getattr(trainers, trainer_name)(plans, "2d", 0, dj, torch.device("cpu"))
+    tr.ae_iterations = 30
+    tr.initialize()
+    tr.on_train_start()  # dataloaders, plus the autoencoder phase for MJAP schemes
+    tr.network.train()
+    for _ in range(iterations):
+        tr.train_step(next(tr.dataloader_train))
+    net = tr._plain_network() if hasattr(tr, "_plain_network") else tr.network
+    net.eval()
+    net.collect_features = True
+    n_stages = plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["n_stages"]
+    zs, doms = [], []
+    np.random.seed(123)
+    with torch.no_grad():
+        for _ in range(4):
+            b = next(tr.dataloader_train)
+            net(b["data"])
+            zs.append(embed([net.last_features[n_stages - 1]])[0])
+            doms.append(b["domain"])
+    z, d = torch.cat(zs), torch.cat(doms)
+    sim = z @ z.T
+    same = d[:, None] == d[None, :]
+    off = ~torch.eye(len(d), dtype=torch.bool)
+    return float(sim[same & off].mean()), float(sim[~same].mean())
+
+
+def test_msc_separates_domains_more_than_dsl(pipeline, monkeypatch, capsys):
+    """Issue 4: after a short CPU training, bottleneck embeddings are more similar within a domain than
+    between domains, by more with nnUNetTrainerMTMD (DSL+MSC+MJAP) than with nnUNetTrainerMTMD_DSL."""
+    intra_m, inter_m = _short_training_bottleneck_gap(pipeline, monkeypatch, "nnUNetTrainerMTMD")
+    intra_d, inter_d = _short_training_bottleneck_gap(pipeline, monkeypatch, "nnUNetTrainerMTMD_DSL")
+    with capsys.disabled():
+        print(f"\nbottleneck cosine similarity after 40 iterations: MTMD intra {intra_m:.3f} inter {inter_m:.3f}; "
+              f"DSL intra {intra_d:.3f} inter {inter_d:.3f}")
+    assert intra_m > inter_m
+    assert intra_m - inter_m > intra_d - inter_d
