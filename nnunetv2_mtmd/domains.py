@@ -43,7 +43,7 @@ DOMAIN_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,31}$")
 
 def validate_domain_name(name: Any, where: str = "domain name") -> str:
     """Check that ``name`` is a safe domain name and return it; raise :class:`DomainSpecError` otherwise."""
-    if not isinstance(name, str) or not DOMAIN_NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not DOMAIN_NAME_PATTERN.fullmatch(name):  # fullmatch: no trailing "\n"
         raise DomainSpecError(
             f"{where}: {name!r} is not a valid domain name. Expected 1-32 characters, letters, digits "
             "and '-', starting with a letter (no spaces, no path separators, no '_': the underscore "
@@ -333,3 +333,38 @@ class DomainSpec:
 def load_domain_spec(dataset_json: dict[str, Any] | str | Path) -> DomainSpec:
     """Shorthand for :meth:`DomainSpec.from_dataset_json`."""
     return DomainSpec.from_dataset_json(dataset_json)
+
+
+def check_plans_architecture(arch_kwargs: Any, spec: DomainSpec,
+                             where: str = "plans['configurations'][...]['architecture']['arch_kwargs']") -> None:
+    """Check the multi-domain part of a plans ``arch_kwargs`` against the dataset's domain block.
+
+    ``domain_label_ids`` must be a list with one list of unified label ids per domain, equal to
+    ``spec.domain_label_ids``; a domain-specific ``norm_op_kwargs['num_domains']``, if present, must
+    be ``spec.num_domains``. Raises :class:`DomainSpecError` naming the key otherwise (plans made for
+    another merge of the data, or edited by hand)."""
+    fix = " Re-run nnUNetv2_plan_and_preprocess -pl nnUNetPlannerMTMD on this dataset."
+    if not isinstance(arch_kwargs, dict):
+        raise DomainSpecError(f"{where}: expected a JSON object, found {type(arch_kwargs).__name__}.{fix}")
+    if "domain_label_ids" not in arch_kwargs:
+        raise DomainSpecError(f"{where}: missing key 'domain_label_ids' (unified label ids per domain).{fix}")
+    ids = arch_kwargs["domain_label_ids"]
+    ok = isinstance(ids, (list, tuple)) and all(
+        isinstance(d, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in d) for d in ids
+    )
+    if not ok:
+        raise DomainSpecError(
+            f"{where}['domain_label_ids']: expected a list of lists of integer label ids, found {ids!r}.{fix}"
+        )
+    expected = spec.domain_label_ids
+    if [list(d) for d in ids] != expected:
+        raise DomainSpecError(
+            f"{where}['domain_label_ids'] is {[list(d) for d in ids]}, but the dataset's domain block "
+            f"({', '.join(spec.names)}) gives {expected}: the plans were made for another dataset.{fix}"
+        )
+    nkw = arch_kwargs.get("norm_op_kwargs")
+    if isinstance(nkw, dict) and "num_domains" in nkw and nkw["num_domains"] != spec.num_domains:
+        raise DomainSpecError(
+            f"{where}['norm_op_kwargs']['num_domains'] is {nkw['num_domains']!r}, the dataset has "
+            f"{spec.num_domains} domains.{fix}"
+        )

@@ -12,10 +12,13 @@ modules). In eval mode (nnU-Net's validation step) only ``L_seg`` is returned, s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
 
 
 class LossTermTracker:
@@ -59,6 +62,13 @@ class RegularizedLoss(nn.Module):
     ``(B, C, X, Y)`` / ``(B, 1, X, Y)``; MJAP uses the highest resolution only.
     Per-term values go to :attr:`tracker` (``seg``, ``msc``, ``mjap``, and ``msc_skipped``: batches in
     which no anchor had a positive, where MSC is exactly 0).
+
+    Non-finite regularizers: a regularizer term whose value is NaN or inf in a batch (e.g. an fp16
+    overflow upstream) is left out of that batch's total, explicitly, and counted in the tracker as
+    ``msc_nonfinite`` / ``mjap_nonfinite`` (logged per epoch by the trainer); the segmentation loss
+    is never touched. Leaving the term out of the graph (rather than multiplying it by 0, which
+    would still back-propagate NaN) keeps its NaN out of the gradients. Under DDP the MSC value is
+    the same on every rank (global batch), so every rank makes the same decision.
     """
 
     def __init__(self, seg_loss: nn.Module, network_state: Callable[[], tuple[bool, Sequence[Tensor], Tensor]],
@@ -86,15 +96,30 @@ class RegularizedLoss(nn.Module):
             msc = self.msc(features, domain_idx)
             if getattr(self.msc, "last_num_valid_anchors", 1) == 0:
                 self.tracker.count("msc_skipped")
-            self.tracker.add("msc", msc)
-            total = total + self.lambda_msc * msc.to(seg.dtype)
+            if _is_finite(msc):
+                self.tracker.add("msc", msc)
+                total = total + self.lambda_msc * msc.to(seg.dtype)
+            else:
+                self.tracker.count("msc_nonfinite")
+                logger.warning("MSC term is %s in this batch: left out of the loss (counted as msc_nonfinite).",
+                               float(msc.detach()))
         if self.mjap is not None:
             out0 = output[0] if isinstance(output, (list, tuple)) else output
             tgt0 = target[0] if isinstance(target, (list, tuple)) else target
             mjap = self.mjap(out0, tgt0, domain_idx)
-            self.tracker.add("mjap", mjap)
-            total = total + self.lambda_mjap * mjap.to(seg.dtype)
+            if _is_finite(mjap):
+                self.tracker.add("mjap", mjap)
+                total = total + self.lambda_mjap * mjap.to(seg.dtype)
+            else:
+                self.tracker.count("mjap_nonfinite")
+                logger.warning("MJAP term is %s in this batch: left out of the loss (counted as mjap_nonfinite).",
+                               float(mjap.detach()))
         return total
+
+
+def _is_finite(value: Tensor) -> bool:
+    """Whether a scalar loss term is finite (one host synchronisation, as the tracker makes anyway)."""
+    return bool(torch.isfinite(value.detach()).all())
 
 
 def count_nonfinite(values: dict[str, float]) -> list[str]:

@@ -57,7 +57,14 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["supcon_loss", "embed", "MultiScaleContrastiveLoss", "select_stages", "multi_scale_supcon_loss"]
+__all__ = [
+    "supcon_loss",
+    "embed",
+    "gather_across_ranks",
+    "MultiScaleContrastiveLoss",
+    "select_stages",
+    "multi_scale_supcon_loss",
+]
 
 StageSpec = Literal["all", "bottleneck"] | Sequence[int]
 
@@ -207,14 +214,70 @@ def select_stages(
     return idx
 
 
+def _dist_active() -> bool:
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
+def gather_across_ranks(zs: Sequence[Tensor], labels: Tensor) -> tuple[list[Tensor], Tensor]:
+    """All-gather per-stage embeddings (with gradients) and labels from every rank (DDP).
+
+    Args:
+        zs: per-stage embeddings of this rank, each ``(B_r, D_s)``.
+        labels: ``(B_r,)`` integer labels (domain indices) of this rank.
+
+    Returns:
+        ``(zs_all, labels_all)``: each ``(sum_r B_r, D_s)`` / ``(sum_r B_r,)``, concatenated in rank
+        order. Without an initialised process group of more than one rank, the inputs unchanged.
+
+    The embeddings of all stages travel in one ``torch.distributed.nn.functional.all_gather``
+    (differentiable: its backward sums the gradients that every rank computed for this rank's rows,
+    so after DDP's gradient averaging the parameter gradient is that of the loss on the global
+    batch). Ranks may hold different numbers of samples (rows are padded, then dropped). Every rank
+    must call this the same number of times, as with any collective.
+    """
+    if not _dist_active():
+        return list(zs), labels
+    import torch.distributed as dist
+    from torch.distributed.nn.functional import all_gather
+
+    world = dist.get_world_size()
+    b = zs[0].shape[0]
+    dims = [z.shape[1] for z in zs]
+    size = torch.tensor([b], dtype=torch.long, device=zs[0].device)
+    sizes_t = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes_t, size)
+    sizes = [int(t) for t in sizes_t]
+    m = max(sizes)
+    # one (m, sum D_s + 1) tensor per rank: all stages, then the label (exact in float32 for small ints)
+    packed = torch.cat([z.float() for z in zs] + [labels.reshape(-1, 1).to(zs[0].device, torch.float32)], 1)
+    if m > b:
+        packed = F.pad(packed, (0, 0, 0, m - b))
+    rows = torch.cat([t[:n] for t, n in zip(all_gather(packed), sizes)])  # (sum B_r, sum D_s + 1)
+    out, start = [], 0
+    for d in dims:
+        out.append(rows[:, start:start + d])
+        start += d
+    labels_all = rows[:, start].detach().round().long()
+    return out, labels_all
+
+
 def multi_scale_supcon_loss(
     features: Sequence[Tensor],
     labels: Tensor,
     temperature: float = 0.1,
     stages: StageSpec = "all",
     bottleneck_index: int | None = None,
+    gather_distributed: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Functional form of :class:`MultiScaleContrastiveLoss`.
+
+    With ``gather_distributed`` (and torch.distributed initialised with several ranks) the
+    embeddings of all ranks are gathered with gradients (:func:`gather_across_ranks`) and the loss
+    is computed over the global batch, identically on every rank.
 
     Returns:
         ``(loss, per_stage, num_valid)``: the scalar mean over the selected stages of
@@ -223,6 +286,8 @@ def multi_scale_supcon_loss(
     """
     idx = select_stages(len(features), stages, bottleneck_index)
     zs = embed([features[i] for i in idx])
+    if gather_distributed:
+        zs, labels = gather_across_ranks(zs, labels.reshape(-1))
     per_stage = []
     num_valid = None
     for z in zs:
@@ -245,6 +310,9 @@ class MultiScaleContrastiveLoss(nn.Module):
             :func:`select_stages` for the order of the feature list.
         bottleneck_index: index of the bottleneck in the feature list; None derives it as
             ``len(features) // 2`` (the list has ``2 * n_stages - 1`` entries).
+        gather_distributed: under torch.distributed (DDP), compute the loss over the embeddings of
+            all ranks (all-gathered with gradients) instead of this rank's samples only; a no-op
+            in a single process. Every rank must then call the loss in every training step.
 
     After each forward, :attr:`last_num_valid_anchors` holds the number of anchors with at least one
     positive (a Python int, read from the device once per call; 0 means the batch carried no
@@ -257,9 +325,11 @@ class MultiScaleContrastiveLoss(nn.Module):
         temperature: float = 0.1,
         stages: StageSpec = "all",
         bottleneck_index: int | None = None,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.temperature = _check_temperature(temperature)
+        self.gather_distributed = bool(gather_distributed)
         if isinstance(stages, str):
             if stages not in ("all", "bottleneck"):
                 raise ValueError(f"stages must be 'all', 'bottleneck' or a list of ints, got {stages!r}.")
@@ -280,7 +350,7 @@ class MultiScaleContrastiveLoss(nn.Module):
             Scalar float32 loss.
         """
         loss, per_stage, num_valid = multi_scale_supcon_loss(
-            features, domain_idx, self.temperature, self.stages, self.bottleneck_index
+            features, domain_idx, self.temperature, self.stages, self.bottleneck_index, self.gather_distributed
         )
         self.last_num_valid_anchors = int(num_valid)
         self.last_stage_losses = per_stage.detach()
@@ -289,5 +359,5 @@ class MultiScaleContrastiveLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, stages={self.stages!r}, "
-            f"bottleneck_index={self.bottleneck_index}"
+            f"bottleneck_index={self.bottleneck_index}, gather_distributed={self.gather_distributed}"
         )

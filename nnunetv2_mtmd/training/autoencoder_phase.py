@@ -2,10 +2,28 @@
 masks of the training split, then freeze it (Boutillon et al. 2022, section 2.3).
 
 It runs inside ``nnUNetv2_train`` before the segmentation network's first epoch, on the targets of
-nnU-Net's own (domain-balanced, augmented) training batches. Progress is saved every
-``save_every`` iterations to ``label_autoencoder_partial.pth`` in the fold folder, so a killed run
-continued with ``--c`` resumes the phase instead of restarting it; the finished autoencoder is saved
-as ``label_autoencoder.pth`` (loadable with ``torch.load(..., weights_only=True)``).
+nnU-Net's own (domain-balanced, augmented) training batches.
+
+Crash safety (files in the fold folder, all written atomically: temporary file + ``os.replace``,
+all read with ``torch.load(..., weights_only=True)``):
+
+- ``label_autoencoder_partial.pth``: weights, optimizer state, iterations done and history, saved
+  every ``save_every`` iterations. A killed run started again (with or without ``--c``: nnU-Net has
+  no checkpoint to continue from during this phase) resumes the phase from it instead of
+  restarting it.
+- ``label_autoencoder.pth``: the finished, frozen autoencoder. A run killed after the phase but
+  before nnU-Net's first checkpoint reuses it instead of training it again. Once nnU-Net has
+  written a checkpoint, the trainer also stores the autoencoder in it (``mtmd_autoencoder``) and
+  ``--c`` restores it from there.
+
+Both files record a fingerprint of what the autoencoder was trained on (its configuration, the
+training cases, lambda1, temperature, learning rate); a file whose fingerprint differs from the
+current run's is ignored, with a warning, and the phase starts afresh. Every reuse or resume is
+logged.
+
+Distributed training (DDP): every rank trains the same autoencoder: ranks start from rank 0's
+weights, average their gradients every step, DSBN statistics are all-reduced, the final state is
+broadcast from rank 0, and only rank 0 writes files (see :mod:`nnunetv2_mtmd.training.ddp`).
 """
 
 from __future__ import annotations
@@ -14,10 +32,12 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from nnunetv2_mtmd.errors import InputDataError
 from nnunetv2_mtmd.losses.anatomical_prior import (
     LabelAutoencoder,
     autoencoder_loss,
@@ -36,6 +56,7 @@ class AutoencoderPhaseState:
     iterations_done: int = 0
     finished: bool = False
     history: list[dict] = field(default_factory=list)
+    fingerprint: dict[str, Any] | None = None
 
 
 def batch_to_ae_input(batch: dict, num_classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,21 +66,70 @@ def batch_to_ae_input(batch: dict, num_classes: int, device: torch.device) -> tu
     return labels_to_onehot(target, num_classes), batch["domain"].to(device)
 
 
+def phase_fingerprint(ae: LabelAutoencoder, train_cases: list[str] | None, lambda1: float, temperature: float,
+                      lr: float) -> dict[str, Any]:
+    """What the autoencoder phase depends on; files with another fingerprint are not resumed."""
+    return {"config": ae.get_config(), "train_cases": sorted(train_cases) if train_cases is not None else None,
+            "lambda1": float(lambda1), "temperature": float(temperature), "lr": float(lr)}
+
+
 def save_state(path: Path, ae: LabelAutoencoder, opt: torch.optim.Optimizer | None, st: AutoencoderPhaseState) -> None:
+    """Write the phase state atomically (temporary file, then ``os.replace``)."""
     tmp = Path(str(path) + ".tmp")
     torch.save({"config": ae.get_config(), "state_dict": ae.state_dict(),
                 "optimizer": opt.state_dict() if opt is not None else None,
-                "iterations_done": st.iterations_done, "finished": st.finished, "history": st.history}, tmp)
+                "iterations_done": st.iterations_done, "finished": st.finished, "history": st.history,
+                "fingerprint": st.fingerprint}, tmp)
     os.replace(tmp, path)
+
+
+def read_state_file(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load a phase file with ``weights_only=True``; an unreadable file raises a clear error."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated file, foreign pickle (refused by weights_only), ...
+        raise InputDataError(
+            f"Cannot read the label autoencoder file {path}: {type(e).__name__}: {_first_line(e)}. "
+            "Delete it to train the autoencoder again."
+        ) from e
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise InputDataError(f"{path} is not a label autoencoder file (no 'state_dict'). Delete it to retrain.")
+    return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else "(no message)"
 
 
 def load_state(path: Path, ae: LabelAutoencoder, opt: torch.optim.Optimizer | None,
                device: torch.device) -> AutoencoderPhaseState:
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    """Restore weights (and optimizer) from a phase file written by :func:`save_state`."""
+    ckpt = read_state_file(path, device)
     ae.load_state_dict(ckpt["state_dict"])
     if opt is not None and ckpt.get("optimizer"):
         opt.load_state_dict(ckpt["optimizer"])
-    return AutoencoderPhaseState(int(ckpt["iterations_done"]), bool(ckpt["finished"]), list(ckpt["history"]))
+    return AutoencoderPhaseState(int(ckpt.get("iterations_done", 0)), bool(ckpt.get("finished", False)),
+                                 list(ckpt.get("history", [])), ckpt.get("fingerprint"))
+
+
+def _matching(path: Path, fingerprint: dict[str, Any], log: Callable[[str], None]) -> bool:
+    """Whether the phase file at ``path`` exists and was made for this run (else it is ignored)."""
+    if not path.is_file():
+        return False
+    stored = read_state_file(path).get("fingerprint")
+    if stored is None or stored == fingerprint:
+        return True  # files from before fingerprints existed are trusted (same fold folder)
+    diff = sorted(k for k in fingerprint if stored.get(k) != fingerprint.get(k))
+    log(f"WARNING: ignoring {path.name}: it was made for another setup (differs in {', '.join(diff)}); "
+        "the autoencoder phase starts afresh.")
+    return False
+
+
+def _freeze(ae: LabelAutoencoder) -> None:
+    ae.eval()
+    for p in ae.parameters():
+        p.requires_grad_(False)
 
 
 def train_autoencoder(
@@ -75,20 +145,53 @@ def train_autoencoder(
     lr: float = 1e-3,
     save_every: int = 50,
     val_batches_per_check: int = 4,
+    train_cases: list[str] | None = None,
+    distributed: bool | None = None,
 ) -> AutoencoderPhaseState:
-    """Train ``ae`` for ``iterations`` steps (resuming from ``folder/AE_PARTIAL_FILE``), then freeze it.
+    """Train ``ae`` for ``iterations`` steps, then freeze it; resumable (see the module docstring).
+
+    Args:
+        train_cases: identifiers of the training split (part of the fingerprint that decides
+            whether a file in ``folder`` belongs to this run); None skips that part.
+        distributed: train one autoencoder over all ranks (default: whenever torch.distributed is
+            initialised with more than one process).
 
     Returns the final state; the history holds ``{"iteration", "ce", "msc", "val_dice"}`` entries."""
+    from nnunetv2_mtmd.training.ddp import average_gradients, broadcast_module_state, dist_active
+
     folder = Path(folder)
+    distributed = dist_active() if distributed is None else bool(distributed and dist_active())
+    is_main = not distributed or torch.distributed.get_rank() == 0
+    fingerprint = phase_fingerprint(ae, train_cases, lambda1, temperature, lr)
+    final, partial = folder / AE_FILE, folder / AE_PARTIAL_FILE
+
+    if _matching(final, fingerprint, log):
+        done = read_state_file(final)
+        if bool(done.get("finished")) and int(done.get("iterations_done", -1)) == iterations:
+            st = load_state(final, ae, None, device)
+            _freeze(ae)
+            log(f"MJAP autoencoder: reusing the finished autoencoder {final} ({st.iterations_done} iterations); "
+                "delete it to train it again.")
+            return st
+        log(f"WARNING: {final.name} holds {done.get('iterations_done')} iterations, this run asks for "
+            f"{iterations}: training the autoencoder again.")
+
     for p in ae.parameters():  # AnatomicalPriorLoss froze it at construction; this phase trains it
         p.requires_grad_(True)
+    if distributed:
+        from nnunetv2_mtmd.architectures.dsbn import set_dsbn_sync
+
+        set_dsbn_sync(ae, True)
     opt = torch.optim.Adam(ae.parameters(), lr=lr)
-    partial = folder / AE_PARTIAL_FILE
-    st = load_state(partial, ae, opt, device) if partial.is_file() else AutoencoderPhaseState()
-    if st.iterations_done:
-        log(f"MJAP autoencoder: resuming at iteration {st.iterations_done}/{iterations}")
+    st = AutoencoderPhaseState(fingerprint=fingerprint)
+    if _matching(partial, fingerprint, log):
+        st = load_state(partial, ae, opt, device)
+        st.fingerprint = fingerprint
+        log(f"MJAP autoencoder: resuming from {partial.name} at iteration {st.iterations_done}/{iterations}")
+    if distributed:
+        broadcast_module_state(ae)
     ae.train()
-    bar = tqdm(range(st.iterations_done, iterations), desc="label autoencoder", disable=None)
+    bar = tqdm(range(st.iterations_done, iterations), desc="label autoencoder", disable=None if is_main else True)
     ce_sum = msc_sum = 0.0
     n = 0
     for it in bar:
@@ -96,6 +199,8 @@ def train_autoencoder(
         opt.zero_grad(set_to_none=True)
         total, ce, msc = autoencoder_loss(ae, onehot, dom, lambda1=lambda1, temperature=temperature)
         total.backward()
+        if distributed:
+            average_gradients(ae)
         opt.step()
         ce_sum, msc_sum, n = ce_sum + float(ce.detach()), msc_sum + float(msc.detach()), n + 1
         st.iterations_done = it + 1
@@ -107,15 +212,19 @@ def train_autoencoder(
                 f"MSC {entry['msc']:.4f} validation reconstruction Dice {val:.4f}")
             ce_sum = msc_sum = 0.0
             n = 0
-            save_state(partial, ae, opt, st)
+            if is_main:
+                save_state(partial, ae, opt, st)
             ae.train()
     st.finished = True
-    ae.eval()
-    for p in ae.parameters():
-        p.requires_grad_(False)
-    save_state(folder / AE_FILE, ae, None, st)
-    if partial.is_file():
-        partial.unlink()
+    if distributed:
+        broadcast_module_state(ae)
+    _freeze(ae)
+    if is_main:
+        save_state(final, ae, None, st)
+        if partial.is_file():
+            partial.unlink()
+    if distributed:
+        torch.distributed.barrier()
     return st
 
 

@@ -8,5 +8,7 @@ from nnunetv2_mtmd.training.trainers import schedules as _schedules
 from nnunetv2_mtmd.training.trainers.schedules import *  # noqa: F401,F403  (all schedule variants)
 from nnunetv2_mtmd.training.trainers.schemes import *  # noqa: F401,F403  (the schemes)
 from nnunetv2_mtmd.training.trainers.schemes import __all__ as _schemes_all
+from nnunetv2_mtmd.training.trainers.study import *  # noqa: F401,F403  (study budget trainers)
+from nnunetv2_mtmd.training.trainers.study import __all__ as _study_all
 
-__all__ = [*_schemes_all, *(n for n in _schedules.__all__ if n != "with_schedule")]
+__all__ = [*_schemes_all, *(n for n in _schedules.__all__ if n != "with_schedule"), *_study_all]

@@ -13,6 +13,8 @@ only connects it to nnU-Net:
 
 from __future__ import annotations
 
+import os
+
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
@@ -22,8 +24,9 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from nnunetv2_mtmd.domains import DomainSpec
+from nnunetv2_mtmd.domains import DomainSpec, check_plans_architecture
 from nnunetv2_mtmd.errors import DomainSpecError
+from nnunetv2_mtmd.inference_checks import install_predictor_input_check
 from nnunetv2_mtmd.training.sampling import DomainBalancedDataLoader
 
 MTMD_NETWORK_PREFIX = "nnunetv2_mtmd.architectures."
@@ -51,12 +54,24 @@ class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.domain_spec = DomainSpec.from_dataset_json(dataset_json)
         check_mtmd_plans(self.configuration_manager)
+        check_plans_architecture(self.configuration_manager.network_arch_init_kwargs, self.domain_spec,
+                                 f"plans['configurations']['{configuration}']['architecture']['arch_kwargs']")
+
+    def initialize(self):
+        was_initialized = self.was_initialized
+        super().initialize()
+        if self.is_ddp and not was_initialized:
+            from nnunetv2_mtmd.training.ddp import prepare_network_for_ddp
+
+            prepare_network_for_ddp(self.network, self.print_to_log_file)
 
     # ------------------------------------------------------------------------------- network
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
         check_mtmd_plans(configuration_manager)
+        # nnUNetv2_predict builds the network through this classmethod: check its input cases first
+        install_predictor_input_check()
         kwargs = dict(configuration_manager.network_arch_init_kwargs)
         kwargs.update(cls.network_overrides_for(configuration_manager))
         return get_network_from_plans(
@@ -83,15 +98,57 @@ class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
         return False
 
     def _set_batch_size_and_oversample(self) -> None:
-        super()._set_batch_size_and_oversample()
         k = self.domain_spec.num_domains
-        if not self.is_ddp and self.batch_size % k:
+        if self.is_ddp:  # every rank gets the same batch size, a multiple of K (training/ddp.py)
+            import torch.distributed as dist
+
+            from nnunetv2_mtmd.training.ddp import rank_batch
+
+            planned = self.configuration_manager.batch_size
+            rb = rank_batch(planned, dist.get_world_size(), dist.get_rank(), k, self.oversample_foreground_percent)
+            if rb.global_batch_size != planned:
+                self.print_to_log_file(
+                    f"Global batch size {planned} is not a multiple of {dist.get_world_size()} GPUs x {k} domains; "
+                    f"using {rb.global_batch_size} so that every rank's batch holds the same number of samples of "
+                    "each domain.")
+            self.batch_size, self.oversample_foreground_percent = rb.batch_size, rb.oversample_foreground_percent
+            self.print_to_log_file(f"rank {dist.get_rank()}: batch size {rb.batch_size}, foreground oversampling "
+                                   f"{rb.oversample_foreground_percent:.3f}")
+            return
+        super()._set_batch_size_and_oversample()
+        if self.batch_size % k:
             new = (self.batch_size // k + 1) * k
             self.print_to_log_file(
                 f"Batch size {self.batch_size} is not a multiple of the {k} domains; using {new} so that every "
                 "batch holds the same number of samples of each domain."
             )
             self.batch_size = new
+
+    # --------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint (plus :meth:`_extra_checkpoint_state`), written atomically: a run killed
+        while saving keeps the previous file. Re-read with weights_only=True (training/checkpoint.py)."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)
+        from nnunetv2_mtmd.training.checkpoint import load_checkpoint_file, save_atomic
+
+        tmp = join(os.path.dirname(filename), f".{os.path.basename(filename)}.nnunet-{os.getpid()}")
+        try:
+            super().save_checkpoint(tmp)
+            extra = self._extra_checkpoint_state()
+            if extra:
+                ckpt = load_checkpoint_file(tmp)
+                ckpt.update(extra)
+                save_atomic(ckpt, filename)
+            else:
+                os.replace(tmp, filename)
+        finally:
+            if os.path.isfile(tmp):
+                os.remove(tmp)
+
+    def _extra_checkpoint_state(self) -> dict:
+        """Entries a subclass adds to nnU-Net's checkpoint (plain data: loadable with weights_only=True)."""
+        return {}
 
     # ---------------------------------------------------------------------------------- data
     def do_split(self):

@@ -6,7 +6,9 @@ would break checkpoint bookkeeping), so each schedule is a tiny subclass:
 - ``nnUNetTrainerMTMD_1epoch``, ``nnUNetTrainerMTMD_5epochs``: nnU-Net's 250 iterations per epoch;
 - ``nnUNetTrainerMTMD_demo``: the CPU budget of ``nnUNetv2_mtmd_demo``;
 - ``<scheme>_debug`` for every scheme: 1 epoch of 3 training and 2 validation iterations and a
-  20-iteration autoencoder phase, for tests and smoke runs (CPU, seconds).
+  20-iteration autoencoder phase, for tests and smoke runs (CPU, seconds);
+- ``nnUNetTrainerMTMD_resumetest``: 3 short epochs with a checkpoint every epoch, for the
+  crash-and-resume test.
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ from nnunetv2_mtmd.training.trainers.schemes import SCHEMES, nnUNetTrainerMTMD
 
 
 def with_schedule(base: type, suffix: str, epochs: int, iterations: int | None = None,
-                  val_iterations: int | None = None, ae_iterations: int | None = None) -> type:
-    """Create ``<base name>_<suffix>``: ``base`` with ``epochs`` epochs (and optionally fewer iterations)."""
+                  val_iterations: int | None = None, ae_iterations: int | None = None,
+                  save_every: int | None = None, ae_save_every: int | None = None) -> type:
+    """Create ``<base name>_<suffix>``: ``base`` with ``epochs`` epochs (and optionally fewer iterations).
+
+    ``save_every``: nnU-Net's checkpoint_latest interval in epochs; ``ae_save_every``: interval of the
+    autoencoder phase's partial file in iterations."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -28,11 +34,15 @@ def with_schedule(base: type, suffix: str, epochs: int, iterations: int | None =
             self.num_iterations_per_epoch = iterations
         if val_iterations is not None:
             self.num_val_iterations_per_epoch = val_iterations
+        if save_every is not None:
+            self.save_every = save_every
 
     doc = f"{base.__name__} with {epochs} epoch(s)" + (f" of {iterations} iterations." if iterations else ".")
     attrs = {"__init__": __init__, "__module__": __name__, "__doc__": doc}
     if ae_iterations is not None:
         attrs["ae_iterations"] = ae_iterations
+    if ae_save_every is not None:
+        attrs["ae_save_every"] = ae_save_every
     return type(f"{base.__name__}_{suffix}", (base,), attrs)
 
 
@@ -41,8 +51,13 @@ nnUNetTrainerMTMD_5epochs = with_schedule(nnUNetTrainerMTMD, "5epochs", 5)
 #: The demo's CPU budget (nnUNetv2_mtmd_demo): 12 epochs of 60 iterations after a 200-iteration
 #: autoencoder phase.
 nnUNetTrainerMTMD_demo = with_schedule(nnUNetTrainerMTMD, "demo", 12, 60, 10, ae_iterations=200)
+#: Crash-and-resume tests (tests/reliability/test_resume.py): 3 epochs of 2 iterations, a checkpoint
+#: every epoch, and an 8-iteration autoencoder phase that saves its progress every 2 iterations.
+nnUNetTrainerMTMD_resumetest = with_schedule(nnUNetTrainerMTMD, "resumetest", 3, 2, 1, ae_iterations=8,
+                                             save_every=1, ae_save_every=2)
 DEBUG_TRAINERS = {name: with_schedule(cls, "debug", 1, 3, 2, ae_iterations=20) for name, cls in SCHEMES.items()}
 globals().update({cls.__name__: cls for cls in DEBUG_TRAINERS.values()})
 
-__all__ = ["nnUNetTrainerMTMD_1epoch", "nnUNetTrainerMTMD_5epochs", "nnUNetTrainerMTMD_demo", "with_schedule",
+__all__ = ["nnUNetTrainerMTMD_1epoch", "nnUNetTrainerMTMD_5epochs", "nnUNetTrainerMTMD_demo",
+           "nnUNetTrainerMTMD_resumetest", "with_schedule",
            *(cls.__name__ for cls in DEBUG_TRAINERS.values())]

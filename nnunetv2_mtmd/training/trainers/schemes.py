@@ -24,7 +24,11 @@ from torch._dynamo import OptimizedModule
 
 from nnunetv2_mtmd.training.trainers.base import nnUNetTrainerMTMD_DSL
 
-EXTRA_LOG_KEYS = ("seg_loss", "msc_loss", "mjap_loss", "msc_skipped_batches")
+EXTRA_LOG_KEYS = ("seg_loss", "msc_loss", "mjap_loss", "msc_skipped_batches", "msc_nonfinite_batches",
+                  "mjap_nonfinite_batches")
+#: Tracker counters (summed over an epoch, and over the ranks under DDP) -> logger keys.
+COUNTERS = {"msc_skipped": "msc_skipped_batches", "msc_nonfinite": "msc_nonfinite_batches",
+            "mjap_nonfinite": "mjap_nonfinite_batches"}
 
 
 class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
@@ -37,6 +41,8 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
     ae_lambda_msc: float = 0.05
     ae_iterations: int = 500
     ae_features: tuple = (16, 32, 64, 64)
+    #: The autoencoder phase saves label_autoencoder_partial.pth every this many iterations.
+    ae_save_every: int = 50
 
     def initialize(self):
         super().initialize()
@@ -55,7 +61,7 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
             self.autoencoder_trained = False
             mjap = AnatomicalPriorLoss(self.autoencoder)
         if self.lambda_msc > 0:
-            msc = MultiScaleContrastiveLoss(self.msc_temperature, self.msc_stages)
+            msc = MultiScaleContrastiveLoss(self.msc_temperature, self.msc_stages, gather_distributed=self.is_ddp)
 
         def network_state():
             return net.training, getattr(net, "last_features", None), net.last_domain_idx
@@ -79,7 +85,8 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
                                    f"iterations (lambda1 = {self.ae_lambda_msc})")
             st = train_autoencoder(self.autoencoder, self.dataloader_train, self.dataloader_val, self.ae_iterations,
                                    self.device, self.output_folder, self.print_to_log_file,
-                                   lambda1=self.ae_lambda_msc, temperature=self.msc_temperature)
+                                   lambda1=self.ae_lambda_msc, temperature=self.msc_temperature,
+                                   save_every=self.ae_save_every, train_cases=list(self.do_split()[0]))
             self.autoencoder_history = st.history
             self.autoencoder_trained = True
             if st.history:
@@ -94,14 +101,23 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
     def on_train_epoch_end(self, train_outputs):
         super().on_train_epoch_end(train_outputs)
         means = self.loss.tracker.pop_means()
+        if self.is_ddp:
+            from nnunetv2_mtmd.training.ddp import reduce_term_means
+
+            means = reduce_term_means(means, counters=tuple(COUNTERS))
         for key, term in (("seg_loss", "seg"), ("msc_loss", "msc"), ("mjap_loss", "mjap")):
             self.logger.log(key, means.get(term, np.nan), self.current_epoch)
-        skipped = int(means.get("msc_skipped", 0))
-        self.logger.log("msc_skipped_batches", skipped, self.current_epoch)
+        counts = {key: int(means.get(term, 0)) for term, key in COUNTERS.items()}
+        for key, n in counts.items():
+            self.logger.log(key, n, self.current_epoch)
+        skipped, nonfinite = counts["msc_skipped_batches"], counts["msc_nonfinite_batches"] + counts[
+            "mjap_nonfinite_batches"]
         self.print_to_log_file(
             f"seg_loss {means.get('seg', np.nan):.4f}  msc {means.get('msc', np.nan):.4f} (x{self.lambda_msc})  "
             f"mjap {means.get('mjap', np.nan):.4f} (x{self.lambda_mjap})"
             + (f"  MSC skipped in {skipped} batch(es) without positive pairs" if skipped else "")
+            + (f"  non-finite regularizer left out: MSC in {counts['msc_nonfinite_batches']}, MJAP in "
+               f"{counts['mjap_nonfinite_batches']} batch(es)" if nonfinite else "")
         )
 
     def on_epoch_end(self):
@@ -113,30 +129,32 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
                             join(self.output_folder, "progress_mtmd.png"))
 
     # -------------------------------------------------------------------------- checkpoints
-    def save_checkpoint(self, filename: str) -> None:
-        super().save_checkpoint(filename)
-        if self.local_rank == 0 and not self.disable_checkpointing and self.autoencoder is not None:
-            ckpt = torch.load(filename, map_location="cpu", weights_only=False)
-            ckpt["mtmd_autoencoder"] = {"config": self.autoencoder.get_config(),
-                                        "state_dict": self.autoencoder.state_dict(),
-                                        "trained": self.autoencoder_trained}
-            torch.save(ckpt, filename)
+    def _extra_checkpoint_state(self) -> dict:
+        """The label autoencoder travels in nnU-Net's checkpoint (base.py saves it atomically)."""
+        from nnunetv2_mtmd.training.checkpoint import AE_KEY, autoencoder_entry
+
+        if self.autoencoder is None:
+            return {}
+        return {AE_KEY: autoencoder_entry(self.autoencoder, self.autoencoder_trained)}
 
     def load_checkpoint(self, filename_or_checkpoint):
         super().load_checkpoint(filename_or_checkpoint)
+        from nnunetv2_mtmd.training.checkpoint import AE_KEY, load_checkpoint_file, restore_autoencoder
+
         ckpt = filename_or_checkpoint
-        if isinstance(ckpt, str):
-            ckpt = torch.load(ckpt, map_location=self.device, weights_only=False)
-        extra = ckpt.get("mtmd_autoencoder")
-        if self.autoencoder is not None and extra is not None:
-            self.autoencoder.load_state_dict(extra["state_dict"])
-            self.autoencoder_trained = bool(extra["trained"])
-            if self.autoencoder_trained:
-                self.autoencoder.eval()
-                for p in self.autoencoder.parameters():
-                    p.requires_grad_(False)
-        for k in EXTRA_LOG_KEYS:
-            self.logger.local_logger.my_fantastic_logging.setdefault(k, [])
+        where = str(ckpt) if isinstance(ckpt, str) else "checkpoint"
+        if self.autoencoder is not None:
+            if isinstance(ckpt, str):  # nnU-Net read it with weights_only=False; the plugin reads safely
+                ckpt = load_checkpoint_file(ckpt, map_location=self.device)
+            if ckpt.get(AE_KEY) is not None:
+                self.autoencoder_trained = restore_autoencoder(self.autoencoder, ckpt[AE_KEY], where)
+                if self.autoencoder_trained:
+                    self.autoencoder.eval()
+                    for p in self.autoencoder.parameters():
+                        p.requires_grad_(False)
+        for k in EXTRA_LOG_KEYS:  # a checkpoint without a key (older version) gets NaN for its epochs
+            values = self.logger.local_logger.my_fantastic_logging.setdefault(k, [])
+            values.extend([np.nan] * (self.current_epoch - len(values)))
 
 
 class nnUNetTrainerMTMD_DSL_MSC(nnUNetTrainerMTMD):

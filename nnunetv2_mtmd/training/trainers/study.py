@@ -1,0 +1,99 @@
+"""Budget trainers of the real-data ablation study (``nnUNetv2_mtmd_study``, docs/study.md).
+
+One trainer per scheme, ``<scheme trainer>_study``, plus ``nnUNetTrainer_study``: stock nnU-Net
+(the Individual baseline) with the same budget. The budget is equal exposure (DESIGN.md, "Budgets in
+comparisons"; Boutillon et al. kept batch size, epochs and learning rate fixed across schemes): with
+``I`` iterations for a model trained on one domain, a model trained on K domains runs ``K * I``
+iterations with the same batch size, so each domain's samples are seen equally often. Both run the
+same number of epochs (same poly learning-rate schedule). Checkpoints are written every epoch so a
+killed run continues with ``--c`` from at most one epoch back.
+
+nnU-Net instantiates trainers with a fixed signature, so the budget travels in the environment
+variable ``MTMD_STUDY_BUDGET`` (JSON of :class:`nnunetv2_mtmd.study.StudyBudget`, set by the study
+for every training subprocess; unset = the documented default budget). The trainer logs the budget it
+uses. With ``MTMD_STUDY_MEASURE=1`` (the study's speed measurement) every ``train_step`` is timed
+(wall clock and process CPU time, data loading excluded), the medians are logged at the end of each
+epoch as ``Study measure: ...``, and nnU-Net's final validation is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_mtmd.study import MEASURE_ENV, StudyBudget
+from nnunetv2_mtmd.training.trainers.schemes import SCHEMES
+
+
+def apply_study_budget(trainer: nnUNetTrainer, num_domains: int, budget: StudyBudget | None = None) -> StudyBudget:
+    """Set epochs, iterations per epoch (``K * I / epochs``), validation iterations, checkpoint
+    frequency and (MJAP) autoencoder iterations of ``trainer`` from the budget; returns the budget."""
+    budget = (budget or StudyBudget.from_env()).validate()
+    trainer.num_epochs = budget.epochs
+    trainer.num_iterations_per_epoch = budget.iterations_per_epoch(num_domains)
+    trainer.num_val_iterations_per_epoch = budget.val_iterations_per_epoch(num_domains)
+    trainer.save_every = 1
+    if hasattr(trainer, "ae_iterations"):
+        trainer.ae_iterations = budget.ae_iterations
+    trainer.print_to_log_file(
+        f"Study budget ({num_domains} domain(s)): {budget.epochs} epochs x {trainer.num_iterations_per_epoch} "
+        f"iterations = {budget.model_iterations(num_domains)} iterations, {trainer.num_val_iterations_per_epoch} "
+        f"validation iterations per epoch, checkpoint every epoch"
+        + (f", autoencoder phase {budget.ae_iterations} iterations" if hasattr(trainer, "ae_iterations") else "")
+        + f". Full budget: {budget.to_json()}"
+    )
+    return budget
+
+
+class _StudyMixin:
+    """Applies the study budget after the base trainer's ``__init__``; K = 1 for stock nnU-Net."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        spec = getattr(self, "domain_spec", None)
+        self.study_budget = apply_study_budget(self, spec.num_domains if spec is not None else 1)
+        self._study_measuring = os.environ.get(MEASURE_ENV) == "1"
+        self._study_step_times: list[tuple[float, float]] = []
+
+    def train_step(self, batch: dict) -> dict:
+        if not self._study_measuring:
+            return super().train_step(batch)
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = super().train_step(batch)
+        self._study_step_times.append((time.perf_counter() - wall, time.process_time() - cpu))
+        return out
+
+    def on_epoch_end(self):
+        if self._study_measuring and self._study_step_times:
+            wall, cpu = np.median(np.asarray(self._study_step_times), axis=0)
+            self.print_to_log_file(
+                f"Study measure: epoch {self.current_epoch}: train_step wall median {wall:.4f} s, process CPU "
+                f"median {cpu:.4f} s over {len(self._study_step_times)} iterations; load average "
+                f"{os.getloadavg()[0]:.2f}")
+            self._study_step_times = []
+        super().on_epoch_end()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if self._study_measuring:
+            self.print_to_log_file(f"{MEASURE_ENV}=1 (speed measurement): final validation skipped.")
+            return
+        return super().perform_actual_validation(save_probabilities)
+
+
+def _study_class(base: type) -> type:
+    doc = (f"{base.__name__} with the study budget (``MTMD_STUDY_BUDGET``, equal exposure); see "
+           "nnunetv2_mtmd/training/trainers/study.py.")
+    return type(f"{base.__name__}_study", (_StudyMixin, base), {"__module__": __name__, "__doc__": doc})
+
+
+nnUNetTrainer_study = _study_class(nnUNetTrainer)
+STUDY_TRAINERS: dict[str, type] = {"Individual": nnUNetTrainer_study}
+STUDY_TRAINERS.update({name: _study_class(cls) for name, cls in SCHEMES.items()})
+globals().update({cls.__name__: cls for cls in STUDY_TRAINERS.values()})
+
+__all__ = [cls.__name__ for cls in STUDY_TRAINERS.values()]
