@@ -390,10 +390,12 @@ def load_trained_network(loc: ModelLocation, device: str = "cpu") -> tuple[Any, 
         raise InputDataError("-device cuda was requested but torch sees no CUDA device. Use -device cpu.")
     dataset_json = load_json(loc.training_output_dir / "dataset.json")
     plans_manager = PlansManager(load_json(loc.training_output_dir / "plans.json"))
+    from nnunetv2_mtmd.training.checkpoint import load_checkpoint_file
+
     try:
-        checkpoint = torch.load(loc.checkpoint, map_location=torch.device("cpu"), weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is a user-facing problem
-        raise ModelFolderError(f"Cannot read checkpoint {loc.checkpoint}: {e}") from e
+        checkpoint = load_checkpoint_file(loc.checkpoint, map_location=torch.device("cpu"))
+    except InputDataError as e:
+        raise ModelFolderError(str(e)) from e
     for key in ("trainer_name", "init_args", "network_weights"):
         if key not in checkpoint:
             raise ModelFolderError(f"Checkpoint {loc.checkpoint} has no '{key}': not an nnU-Net v2 checkpoint.")

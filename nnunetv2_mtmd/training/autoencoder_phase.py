@@ -142,7 +142,7 @@ def train_autoencoder(
     log: Callable[[str], None],
     lambda1: float = 0.05,
     temperature: float = 0.1,
-    lr: float = 1e-3,
+    lr: float = 1e-2,
     save_every: int = 50,
     val_batches_per_check: int = 4,
     train_cases: list[str] | None = None,
@@ -196,6 +196,8 @@ def train_autoencoder(
     n = 0
     for it in bar:
         onehot, dom = batch_to_ae_input(next(train_batches), ae.num_classes, device)
+        for g in opt.param_groups:  # nnU-Net's poly schedule; a function of the iteration, so resume-safe
+            g["lr"] = lr * (1 - it / iterations) ** 0.9
         opt.zero_grad(set_to_none=True)
         total, ce, msc = autoencoder_loss(ae, onehot, dom, lambda1=lambda1, temperature=temperature)
         total.backward()
