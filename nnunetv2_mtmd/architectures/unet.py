@@ -114,7 +114,7 @@ class MultiDomainUNetBase(AbstractDynamicNetworkArchitectures):
         heads: ModuleList of :class:`DomainHeads`, one per decoder stage (lowest resolution first).
         collect_features: if True, ``forward`` stores ``last_features`` (list of ``2 * n_stages - 1``
             tensors: encoder stage outputs high->low resolution, then decoder stage outputs low->high)
-            and ``last_domain_idx`` (``(B,)``).
+            (``last_domain_idx``, ``(B,)``, is stored after every forward).
     """
 
     encoder: nn.Module
@@ -219,12 +219,10 @@ class MultiDomainUNetBase(AbstractDynamicNetworkArchitectures):
                 seg_outputs.append(self.heads[s](h, d))
             dec_features.append(h)
             lres = h
-        if self.collect_features:
-            self.last_features = list(skips) + dec_features
-            self.last_domain_idx = d
-        else:
-            self.last_features = None
-            self.last_domain_idx = None
+        # The domain indices are always kept (a (B,) tensor, free): losses such as MJAP need them
+        # without the stage features.
+        self.last_domain_idx = d
+        self.last_features = list(skips) + dec_features if self.collect_features else None
         seg_outputs = seg_outputs[::-1]
         return seg_outputs if deep_supervision else seg_outputs[0]
 

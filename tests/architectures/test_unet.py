@@ -300,7 +300,8 @@ def test_resenc_variant_builds_runs_and_initializes():
 def test_features_collected_only_when_enabled():
     net = _net()
     net(_input([1, 2]))
-    assert net.last_features is None and net.last_domain_idx is None
+    assert net.last_features is None
+    assert net.last_domain_idx.tolist() == [0, 1]  # always kept: MJAP needs it without features
     net.collect_features = True
     net(_input([1, 2, 3]))
     feats = net.last_features
