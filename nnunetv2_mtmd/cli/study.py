@@ -1,0 +1,124 @@
+"""``nnUNetv2_mtmd_study``: the real-data ablation study, end to end and resumable (nnunetv2_mtmd/study.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from nnunetv2_mtmd.cli.common import HelpFormatter, run
+
+logger = logging.getLogger("nnunetv2_mtmd.study")
+
+DESCRIPTION = """\
+Run the ablation study of the multi-domain schemes against stock nnU-Net on K source datasets
+(default: the three real MR datasets in ../shared/realdata), with one budget, one split and one
+evaluation for every scheme. Everything lives in --workdir (its own nnUNet_raw, nnUNet_preprocessed,
+nnUNet_results, state.json, study_log.txt, logs/, evaluation/); running the same command again
+continues where it stopped (finished models are skipped, interrupted ones continue with --c).
+
+Stages (--stage): prepare (copy + merge + plan + coarse plans variant + preprocess + splits), train
+(nnUNetv2_train per fold and scheme), evaluate (gather held-out predictions, nnUNetv2_mtmd_postprocess,
+nnUNetv2_mtmd_evaluate with and without post-processing, nnUNetv2_mtmd_compare,
+nnUNetv2_mtmd_embeddings of the best multi-domain scheme), report (results.md). 'all' runs them in
+order and evaluates + reports after every finished fold. 'measure' times a few iterations of every
+trainer (after prepare) and prints the expected hours of the budget.
+
+Budget options default to the values recorded in DIR/state.json (first run: the documented default
+budget); a run with different values than the recorded ones is refused. See docs/study.md.
+
+Long runs: setsid nohup python -m nnunetv2_mtmd.cli.study --workdir DIR > DIR.out 2>&1 &"""
+
+SCHEME_HELP = "Individual (stock nnUNetTrainer on each source dataset), Shared, Shared_MJAP, DSL, DSL_SSC, " \
+              "DSL_MSC, DSL_MJAP, DSL_MSC_MJAP"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nnunetv2_mtmd.study import DEFAULT_FOLDS, DEFAULT_SCHEMES, MERGED_ID, MERGED_NAME, STAGES, StudyBudget
+
+    b = StudyBudget()
+    p = argparse.ArgumentParser(prog="nnUNetv2_mtmd_study", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="work folder (default: $MTMD_STUDY_DIR, else ~/mtmd_study); never inside the repository")
+    p.add_argument("--stage", choices=STAGES, default="all", help="what to run")
+    p.add_argument("--sources", type=Path, default=None,
+                   help="folder holding the source raw datasets DatasetXXX_* (default: recorded, else "
+                        "../shared/realdata next to the repository)")
+    p.add_argument("--domains", nargs="+", default=None,
+                   help="domain names, one per source dataset in sorted order (default: lumbar sij pelvis for the "
+                        "real data, else derived from the dataset names)")
+    p.add_argument("--schemes", nargs="+", default=None,
+                   help=f"schemes to train: {SCHEME_HELP} (default: recorded, else {' '.join(DEFAULT_SCHEMES)})")
+    p.add_argument("--folds", nargs="+", type=int, default=None,
+                   help=f"folds of the 5-fold split (default: recorded, else {' '.join(map(str, DEFAULT_FOLDS))})")
+    g = p.add_argument_group("budget (identical for every scheme; defaults: recorded values, else these)")
+    g.add_argument("--iterations", type=int, default=None,
+                   help=f"I: training iterations of one Individual model; multi-domain models get K*I "
+                        f"({b.iterations})")
+    g.add_argument("--epochs", type=int, default=None, help=f"epochs (I must be a multiple) ({b.epochs})")
+    g.add_argument("--val-iterations", type=int, default=None,
+                   help=f"pseudo-Dice batches per epoch (x K for multi-domain) ({b.val_iterations})")
+    g.add_argument("--ae-iterations", type=int, default=None,
+                   help=f"MJAP label-autoencoder iterations ({b.ae_iterations})")
+    g.add_argument("--batch-size", type=int, default=None, help=f"batch size of every model ({b.batch_size})")
+    g.add_argument("--spacing", type=float, default=None,
+                   help=f"2D in-plane target spacing in mm for every dataset ({b.spacing_mm})")
+    g.add_argument("--patch-size", type=int, default=None, help=f"square 2D patch size ({b.patch_size})")
+    g.add_argument("--max-features", type=int, default=None,
+                   help=f"maximum features per network stage ({b.max_features})")
+    p.add_argument("--merged-id", type=int, default=MERGED_ID, help="id of the merged dataset")
+    p.add_argument("--merged-name", default=MERGED_NAME, help="name of the merged dataset")
+    p.add_argument("-np", dest="num_processes", type=int, default=2,
+                   help="worker processes for preprocessing, export and evaluation")
+    p.add_argument("--n-proc-da", type=int, default=1,
+                   help="data augmentation worker processes during training (nnUNet_n_proc_DA)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="where results.md goes (default DIR/results.md); pictures go to a folder named like it "
+                        "without .md (e.g. --report docs/results.md -> docs/results/)")
+    p.add_argument("--measure-iterations", type=int, default=10,
+                   help="--stage measure: timed iterations per epoch of an Individual model (x K multi-domain)")
+    p.add_argument("--skip-verify", action="store_true",
+                   help="skip nnU-Net's --verify_dataset_integrity when extracting fingerprints (the merge already "
+                        "checks labels and geometry; saves minutes)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    return p
+
+
+_BUDGET_ARGS = {"iterations": "iterations", "epochs": "epochs", "val_iterations": "val_iterations",
+                "ae_iterations": "ae_iterations", "batch_size": "batch_size", "spacing": "spacing_mm",
+                "patch_size": "patch_size", "max_features": "max_features"}
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from nnunetv2_mtmd.errors import InputDataError
+    from nnunetv2_mtmd.study import Study, StudyOptions, default_workdir
+
+    args = build_parser().parse_args(argv)
+    if args.num_processes < 1 or args.n_proc_da < 0 or args.measure_iterations < 1:
+        raise InputDataError("-np and --measure-iterations must be >= 1 and --n-proc-da >= 0.")
+    workdir = (args.workdir or default_workdir()).expanduser().resolve()
+    repo = Path(__file__).resolve().parents[2]
+    if workdir == repo or repo in workdir.parents:
+        raise InputDataError(f"--workdir {workdir} is inside the repository {repo}; choose a folder outside it "
+                             "(e.g. ~/mtmd_study).")
+    budget = {key: getattr(args, a) for a, key in _BUDGET_ARGS.items() if getattr(args, a) is not None}
+    opts = StudyOptions(workdir=workdir, sources_dir=args.sources, domains=args.domains, schemes=args.schemes,
+                        folds=args.folds, budget=budget, merged_id=args.merged_id, merged_name=args.merged_name,
+                        num_processes=args.num_processes, n_proc_da=args.n_proc_da, report=args.report,
+                        dry_run=args.dry_run, measure_iterations=args.measure_iterations,
+                        verify=not args.skip_verify)
+    study = Study(opts)
+    study.run(args.stage)
+    if not args.dry_run:
+        logger.info("Study stage '%s' finished; state in %s, log in %s", args.stage, workdir / "state.json",
+                    workdir / "study_log.txt")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

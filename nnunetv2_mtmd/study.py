@@ -1,0 +1,1408 @@
+"""The real-data ablation study: every training scheme of Boutillon et al. (2021/2022) against stock
+nnU-Net, on the same folds, with the same budget and the same evaluation (``nnUNetv2_mtmd_study``).
+
+One resumable pipeline with its own nnU-Net folders under a work directory (never in the repository):
+
+1. **prepare**: copy the K source datasets (default ``../shared/realdata``: Dataset901 lumbar,
+   Dataset902 sacroiliac, Dataset903 pelvis) into ``DIR/nnUNet_raw`` for the Individual baselines and
+   merge them into one multi-domain dataset (``nnUNetv2_mtmd_merge``, id 950); extract fingerprints
+   and plan with nnU-Net's own planners (stock ``ExperimentPlanner`` for the sources,
+   ``nnUNetPlannerMTMD`` for the merged set); then write one plans variant ``nnUNetPlans_study``
+   per dataset whose ``2d`` configuration uses the SAME coarse in-plane spacing, patch size, batch
+   size and maximum width for every dataset (:func:`coarse_2d_plans`, network topology from
+   nnU-Net's ``get_pool_and_conv_props``), and preprocess it (``nnUNetv2_preprocess -plans_name``).
+   Splits: a domain-stratified 5-fold split of the merged set (:func:`domain_stratified_kfold`),
+   and for every source dataset the SAME held-out cases (:func:`individual_splits`).
+2. **train**: for every fold and scheme ``nnUNetv2_train ... -device cpu`` in a subprocess with the
+   budget trainers of :mod:`nnunetv2_mtmd.training.trainers.study`; resumable (``--c`` from a
+   checkpoint, ``--val`` when only the final validation is missing, skipped when done). The budget
+   is equal exposure (DESIGN.md): an Individual model trains ``I`` iterations, a multi-domain model
+   ``K * I`` iterations with the same batch size, so every domain's images are seen equally often and
+   the multi-domain model costs as much as the K Individual models together (:class:`StudyBudget`).
+3. **evaluate**: nnU-Net's final validation of each fold (``fold_X/validation``) holds the held-out
+   predictions; they are gathered per scheme over the finished folds into the unified label space
+   (Individual predictions remapped with the domain block's label mapping and prefixed with the
+   domain, :func:`unify_individual_prediction`), post-processed (``nnUNetv2_mtmd_postprocess``),
+   evaluated with and without post-processing (``nnUNetv2_mtmd_evaluate``), compared
+   (``nnUNetv2_mtmd_compare``, KS against Individual), and the best multi-domain scheme's embeddings
+   are analysed (``nnUNetv2_mtmd_embeddings``).
+4. **report**: ``results.md`` built only from the CSV/JSON files written by those commands, with
+   the hardware, budget, commands and a discussion section left to a human.
+
+Every step logs to ``DIR/study_log.txt`` (subprocess output in ``DIR/logs/``) and records itself in
+``DIR/state.json``; running again continues where it stopped. ``--stage measure`` times a few
+iterations of every trainer to choose the budget. See docs/study.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnunetv2_mtmd.domains import Domain, DomainSpec, sanitize_domain_name, validate_domain_name
+from nnunetv2_mtmd.errors import InputDataError, MTMDError
+from nnunetv2_mtmd.io import atomic_output_dir, load_json, save_json
+
+logger = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------ constants
+#: Where the real data lives: ``../shared/realdata`` next to the repository (never copied into it).
+REALDATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+#: Domain names of the real datasets (as in dataset_conversion/merge_real_musculoskeletal.py).
+REAL_DOMAIN_NAMES = {
+    "Dataset901_LumbarVertebraeMR": "lumbar",
+    "Dataset902_SacroiliacMR": "sij",
+    "Dataset903_PelvisBoneMR": "pelvis",
+}
+MERGED_ID = 950
+MERGED_NAME = "MSKBonesMR"
+PLANS_NAME = "nnUNetPlans_study"
+CONFIGURATION = "2d"
+N_SPLITS = 5
+SPLIT_SEED = 12345
+DEFAULT_FOLDS = (0, 1, 2)
+STATE_VERSION = 1
+STATE_FILE = "state.json"
+LOG_FILE = "study_log.txt"
+#: An Individual baseline whose domain-mean Dice stays below this has not learned (report check).
+LEARNED_DICE = 0.5
+#: Environment variable carrying the budget (JSON) to the study trainers in the training subprocess.
+BUDGET_ENV = "MTMD_STUDY_BUDGET"
+#: Set to "1" by ``--stage measure``: the study trainers skip nnU-Net's final validation.
+MEASURE_ENV = "MTMD_STUDY_MEASURE"
+WORKDIR_ENV = "MTMD_STUDY_DIR"
+
+INDIVIDUAL = "Individual"
+#: scheme -> trainer class (nnunetv2_mtmd/training/trainers/study.py).
+SCHEME_TRAINERS: dict[str, str] = {
+    INDIVIDUAL: "nnUNetTrainer_study",
+    "Shared": "nnUNetTrainerMTMD_Shared_study",
+    "Shared_MJAP": "nnUNetTrainerMTMD_Shared_MJAP_study",
+    "DSL": "nnUNetTrainerMTMD_DSL_study",
+    "DSL_SSC": "nnUNetTrainerMTMD_DSL_SSC_study",
+    "DSL_MSC": "nnUNetTrainerMTMD_DSL_MSC_study",
+    "DSL_MJAP": "nnUNetTrainerMTMD_DSL_MJAP_study",
+    "DSL_MSC_MJAP": "nnUNetTrainerMTMD_study",
+}
+SCHEME_LABELS: dict[str, str] = {s: s.replace("_", "+") for s in SCHEME_TRAINERS}
+DEFAULT_SCHEMES = ("Individual", "Shared", "DSL", "DSL_MSC", "DSL_MJAP", "DSL_MSC_MJAP")
+STAGES = ("all", "prepare", "train", "evaluate", "report", "measure")
+#: Metrics of the report tables (keys of evaluate's summary.json) and their headings.
+REPORT_METRICS = {"dice": "Dice", "assd_mm": "ASSD (mm)", "mssd_mm": "MSSD (mm)"}
+EVAL_VARIANTS = {"raw": "without post-processing", "postprocessed": "with the paper's post-processing"}
+
+
+class StudyError(MTMDError, RuntimeError):
+    """A study step failed (a subprocess exited with an error, or the work folder is inconsistent)."""
+
+
+# --------------------------------------------------------------------------------------- budget
+@dataclass(frozen=True)
+class StudyBudget:
+    """The compute budget, identical for every scheme (equal exposure, DESIGN.md "Budgets").
+
+    ``iterations`` (``I``) is the number of training iterations of ONE Individual model; a model
+    trained on K domains gets ``K * I`` (same batch size, ``batch_size / K`` samples per domain), so
+    it sees each domain's samples exactly as often as that domain's Individual model and costs as
+    much as the K Individual models together. Both run ``epochs`` epochs (same poly learning-rate
+    schedule), with ``val_iterations`` (times K) pseudo-Dice batches per epoch. ``ae_iterations``:
+    MJAP's label-autoencoder phase. The plans part (``spacing_mm``, ``patch_size``, ``batch_size``,
+    ``max_features``) is written into every dataset's ``2d`` configuration by :func:`coarse_2d_plans`.
+    """
+
+    iterations: int = 1000
+    epochs: int = 20
+    val_iterations: int = 4
+    ae_iterations: int = 500
+    batch_size: int = 12
+    spacing_mm: float = 4.0
+    patch_size: int = 64
+    max_features: int = 512
+
+    def validate(self, num_domains: int | None = None) -> StudyBudget:
+        """Raise :class:`InputDataError` for unusable values; returns ``self``."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InputDataError(f"Budget value {f.name} must be a number, found {v!r}.")
+        ints = {"iterations": 1, "epochs": 1, "val_iterations": 1, "ae_iterations": 0, "batch_size": 1,
+                "patch_size": 8, "max_features": 1}
+        for name, low in ints.items():
+            v = getattr(self, name)
+            if int(v) != v or v < low:
+                raise InputDataError(f"Budget value {name} must be an integer >= {low}, found {v!r}.")
+        if self.spacing_mm <= 0:
+            raise InputDataError(f"--spacing must be > 0 mm, found {self.spacing_mm}.")
+        if self.iterations % self.epochs:
+            raise InputDataError(
+                f"--iterations ({self.iterations}) must be a multiple of --epochs ({self.epochs}) so that every "
+                "epoch has the same number of iterations (e.g. --iterations 1000 --epochs 20)."
+            )
+        if num_domains is not None and self.batch_size % num_domains:
+            raise InputDataError(
+                f"--batch-size {self.batch_size} is not a multiple of the {num_domains} domains: multi-domain "
+                f"batches hold batch_size / K samples of each domain. Use e.g. {num_domains * 4}."
+            )
+        return self
+
+    def iterations_per_epoch(self, num_domains: int = 1) -> int:
+        """Training iterations per epoch of a model trained on ``num_domains`` domains: ``K * I / epochs``."""
+        return num_domains * self.iterations // self.epochs
+
+    def val_iterations_per_epoch(self, num_domains: int = 1) -> int:
+        return num_domains * self.val_iterations
+
+    def model_iterations(self, num_domains: int = 1) -> int:
+        """Total training iterations of one model trained on ``num_domains`` domains (``K * I``)."""
+        return num_domains * self.iterations
+
+    def samples_per_domain(self, num_domains: int = 1) -> int:
+        """Training samples each domain contributes to one model: ``K * I * B / K = I * B``, whatever K."""
+        return self.model_iterations(num_domains) * self.batch_size // num_domains
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str = "budget") -> StudyBudget:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputDataError(f"{where}: unknown budget keys {unknown}; known: {sorted(known)}.")
+        return cls(**dict(d))
+
+    def env(self) -> dict[str, str]:
+        """The environment entry that hands this budget to the study trainers."""
+        return {BUDGET_ENV: json.dumps(self.to_json(), sort_keys=True)}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StudyBudget:
+        """The budget in ``$MTMD_STUDY_BUDGET`` (JSON), or the defaults when it is unset."""
+        environ = os.environ if environ is None else environ
+        text = environ.get(BUDGET_ENV)
+        if not text:
+            return cls()
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputDataError(f"${BUDGET_ENV} is not valid JSON ({e}): {text!r}.") from e
+        if not isinstance(d, dict):
+            raise InputDataError(f"${BUDGET_ENV} must be a JSON object, found {text!r}.")
+        return cls.from_json(d, f"${BUDGET_ENV}").validate()
+
+
+def budget_rows(budget: StudyBudget, schemes: Sequence[str], num_domains: int) -> list[dict[str, Any]]:
+    """One row per scheme: trainer, models per fold, iterations per model and per fold, samples per domain.
+
+    Every scheme gets the same iterations per fold (``K * I``) and the same samples per domain
+    (``I * B``): equal exposure and equal compute."""
+    rows = []
+    for s in schemes:
+        k_model = 1 if s == INDIVIDUAL else num_domains
+        n_models = num_domains if s == INDIVIDUAL else 1
+        rows.append({
+            "scheme": s,
+            "trainer": SCHEME_TRAINERS[s],
+            "models_per_fold": n_models,
+            "iterations_per_model": budget.model_iterations(k_model),
+            "iterations_per_epoch": budget.iterations_per_epoch(k_model),
+            "iterations_per_fold": n_models * budget.model_iterations(k_model),
+            "samples_per_domain": budget.samples_per_domain(k_model),
+        })
+    return rows
+
+
+def estimate_hours(budget: StudyBudget, seconds_per_iteration: Mapping[str, float], num_domains: int,
+                   n_folds: int, ae_seconds: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Expected CPU hours per scheme over ``n_folds`` folds (training iterations only, plus the MJAP
+    autoencoder phase given in ``ae_seconds`` per model), and the total under key ``"total"``.
+
+    ``seconds_per_iteration[scheme]`` is the time of one training iteration of that scheme (all
+    schemes use the same batch size, so Individual's value applies to each of its K models)."""
+    out: dict[str, float] = {}
+    rows = {r["scheme"]: r for r in budget_rows(budget, list(seconds_per_iteration), num_domains)}
+    for s, sec in seconds_per_iteration.items():
+        secs = rows[s]["iterations_per_fold"] * sec + (ae_seconds or {}).get(s, 0.0) * rows[s]["models_per_fold"]
+        out[s] = n_folds * secs / 3600.0
+    out["total"] = sum(out.values())
+    return out
+
+
+# ---------------------------------------------------------------------------------------- splits
+Split = dict[str, list[str]]
+
+
+def strip_domain_prefix(case_id: str, domain: Domain) -> str:
+    """``"lumbar_myoseg_vb3_01"`` -> ``"myoseg_vb3_01"`` for domain ``lumbar`` (the source's case id)."""
+    prefix = f"{domain.name}_"
+    if not case_id.startswith(prefix) or len(case_id) == len(prefix):
+        raise InputDataError(f"Case '{case_id}' is not a case of domain '{domain.name}' (expected '{prefix}<id>').")
+    return case_id[len(prefix):]
+
+
+def individual_splits(merged_splits: Sequence[Mapping[str, Sequence[str]]], spec: DomainSpec) -> dict[str, list[Split]]:
+    """The splits of every source dataset that hold out the SAME cases as the merged split.
+
+    Fold ``i`` of domain ``d`` trains on the fold's training cases of ``d`` and validates on its
+    validation cases of ``d``, with the ``<domain>_`` prefix removed. Returns ``{domain name: splits}``.
+    Raises :class:`InputDataError` if a fold has no training or no validation case of a domain (a
+    domain with fewer cases than folds)."""
+    out: dict[str, list[Split]] = {d.name: [] for d in spec.domains}
+    for i, fold in enumerate(merged_splits):
+        for d in spec.domains:
+            part = {}
+            for key in ("train", "val"):
+                ids = [strip_domain_prefix(c, d) for c in fold[key] if spec.domain_of_case(c).name == d.name]
+                if not ids:
+                    raise InputDataError(
+                        f"Fold {i} of the merged split has no {key} case of domain '{d.name}', so its Individual "
+                        f"model cannot be {'trained' if key == 'train' else 'validated'}: every domain needs at "
+                        f"least {len(merged_splits)} cases for a {len(merged_splits)}-fold split."
+                    )
+                part[key] = sorted(ids)
+            out[d.name].append(part)
+    return out
+
+
+# --------------------------------------------------------------------------------- label remap
+def remap_labels(arr: np.ndarray, mapping: Mapping[int, int], where: str = "label map") -> np.ndarray:
+    """Map every label id of ``arr`` through ``mapping`` (e.g. original -> unified ids of one domain).
+
+    Ids absent from ``mapping`` raise :class:`InputDataError`. Returns uint8 (uint16 beyond 255)."""
+    arr = np.asarray(arr)
+    present = np.unique(arr)
+    unknown = sorted(int(v) for v in present if int(v) not in mapping)
+    if unknown:
+        raise InputDataError(
+            f"{where} holds label ids {unknown} that the domain does not declare (known: {sorted(mapping)})."
+        )
+    top = max(max(mapping.values()), 0)
+    lut = np.zeros(max(int(present.max()) if present.size else 0, max(mapping)) + 1, dtype=np.int64)
+    for k, v in mapping.items():
+        lut[int(k)] = int(v)
+    return lut[arr.astype(np.int64)].astype(np.uint8 if top <= 255 else np.uint16)
+
+
+def unify_individual_prediction(src: Path, dst: Path, domain: Domain) -> None:
+    """Write an Individual model's prediction ``src`` (original label ids of ``domain``) as ``dst`` in
+    the merged dataset's unified label space, same geometry."""
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(src))
+    out = sitk.GetImageFromArray(remap_labels(sitk.GetArrayFromImage(img), domain.original_to_unified(), str(src)))
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(dst), True)
+
+
+# ---------------------------------------------------------------------------------------- plans
+def _fit_length(values: Sequence[int], n: int) -> list[int]:
+    values = list(values)
+    return (values + [values[-1]] * n)[:n]
+
+
+def coarse_2d_plans(plans: Mapping[str, Any], budget: StudyBudget, plans_name: str = PLANS_NAME) -> dict[str, Any]:
+    """A plans variant whose only configuration is ``2d`` with the budget's in-plane spacing, square
+    patch, batch size and maximum number of features, the network topology re-derived for that
+    spacing and patch with nnU-Net's own rule (``get_pool_and_conv_props``, minimum feature map edge
+    4, as the planner does). Everything else (normalization, resampling, network class and the
+    multi-domain kwargs) stays as planned. ``plans`` is not modified.
+
+    nnU-Net preprocesses and trains according to the plans, so writing this variant before
+    ``nnUNetv2_preprocess -plans_name`` is the documented way to plan coarser."""
+    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+    if "2d" not in plans.get("configurations", {}):
+        raise InputDataError(f"The plans {plans.get('plans_name')!r} have no '2d' configuration to coarsen.")
+    out = json.loads(json.dumps(plans))
+    conf = out["configurations"]["2d"]
+    spacing = [float(budget.spacing_mm)] * 2
+    patch = [int(budget.patch_size)] * 2
+    _, strides, kernels, new_patch, _ = get_pool_and_conv_props(spacing, patch, 4, 999999)
+    new_patch = [int(p) for p in new_patch]
+    if new_patch != patch:
+        raise InputDataError(
+            f"--patch-size {budget.patch_size} is not divisible by 2**(number of poolings) that nnU-Net chooses "
+            f"for it ({new_patch}); use a multiple of 16, e.g. 48, 64 or 80."
+        )
+    n = len(strides)
+    ak = conf["architecture"]["arch_kwargs"]
+    base = int(ak["features_per_stage"][0])
+    old_spacing = conf["spacing"]
+    conf["median_image_size_in_voxels"] = [
+        round(float(m) * float(s) / budget.spacing_mm, 1) for m, s in zip(conf["median_image_size_in_voxels"],
+                                                                          old_spacing)
+    ]
+    conf.update({
+        "data_identifier": f"{plans_name}_2d",
+        "spacing": spacing,
+        "patch_size": patch,
+        "batch_size": int(budget.batch_size),
+    })
+    ak.update({
+        "n_stages": n,
+        "features_per_stage": [min(int(budget.max_features), base * 2 ** i) for i in range(n)],
+        "kernel_sizes": [[int(k) for k in ks] for ks in kernels],
+        "strides": [[int(s) for s in st] for st in strides],
+        "n_conv_per_stage": _fit_length(ak["n_conv_per_stage"], n),
+        "n_conv_per_stage_decoder": _fit_length(ak["n_conv_per_stage_decoder"], n - 1),
+    })
+    out["plans_name"] = plans_name
+    out["configurations"] = {"2d": conf}
+    return out
+
+
+def describe_2d(plans: Mapping[str, Any]) -> dict[str, Any]:
+    """Spacing, patch, batch size, stages and features of a plans file's ``2d`` configuration."""
+    c = plans["configurations"]["2d"]
+    ak = c["architecture"]["arch_kwargs"]
+    return {"spacing": c["spacing"], "patch_size": c["patch_size"], "batch_size": c["batch_size"],
+            "n_stages": ak["n_stages"], "features_per_stage": list(ak["features_per_stage"]),
+            "network": c["architecture"]["network_class_name"].rsplit(".", 1)[-1]}
+
+
+# ------------------------------------------------------------------------------- training state
+def fold_folder(results: Path, dataset: str, trainer: str, fold: int, plans_name: str = PLANS_NAME) -> Path:
+    return Path(results) / dataset / f"{trainer}__{plans_name}__{CONFIGURATION}" / f"fold_{fold}"
+
+
+def training_status(fold_dir: Path, expected_val_cases: Sequence[str] | None = None,
+                    file_ending: str = ".nii.gz") -> str:
+    """What a training run still needs, from its files:
+
+    - ``"done"``: ``checkpoint_final.pth`` and a complete ``validation/`` (``summary.json`` and a
+      prediction for every expected validation case);
+    - ``"validate"``: trained, but the final validation is missing or incomplete (``--val``);
+    - ``"resume"``: a ``checkpoint_latest.pth`` or ``checkpoint_best.pth`` to continue from (``--c``);
+    - ``"new"``: nothing to continue from.
+    """
+    fold_dir = Path(fold_dir)
+    if (fold_dir / "checkpoint_final.pth").is_file():
+        val = fold_dir / "validation"
+        if (val / "summary.json").is_file() and all(
+            (val / f"{c}{file_ending}").is_file() for c in (expected_val_cases or ())
+        ):
+            return "done"
+        return "validate"
+    if any((fold_dir / n).is_file() for n in ("checkpoint_latest.pth", "checkpoint_best.pth")):
+        return "resume"
+    return "new"
+
+
+def train_command(dataset: str, fold: int, trainer: str, status: str, plans_name: str = PLANS_NAME) -> list[str]:
+    """The ``nnUNetv2_train`` command for a run in state ``status`` (see :func:`training_status`)."""
+    cmd = ["nnUNetv2_train", dataset, CONFIGURATION, str(fold), "-tr", trainer, "-p", plans_name, "-device", "cpu"]
+    if status == "resume":
+        cmd.append("--c")
+    elif status == "validate":
+        cmd.append("--val")
+    elif status != "new":
+        raise ValueError(f"no training command for status {status!r}")
+    return cmd
+
+
+_EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
+
+
+def epoch_times(fold_dir: Path) -> list[float]:
+    """All ``Epoch time: X s`` values of nnU-Net's training logs in ``fold_dir`` (in file order)."""
+    out: list[float] = []
+    for log in sorted(Path(fold_dir).glob("training_log_*.txt")):
+        out += [float(m.group(1)) for m in _EPOCH_TIME.finditer(log.read_text(errors="replace"))]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ state
+class StudyState:
+    """``DIR/state.json``: the study's configuration and what is done. Saved atomically after every change."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if self.path.is_file():
+            self.data = load_json(self.path)
+            if self.data.get("version") != STATE_VERSION:
+                raise StudyError(f"{self.path} has version {self.data.get('version')}, expected {STATE_VERSION}.")
+        else:
+            self.data = {"version": STATE_VERSION, "created": _now(), "config": None, "done": {},
+                         "seconds": {}, "commands": []}
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        return self.data.get("config")
+
+    def set_config(self, config: Mapping[str, Any]) -> None:
+        """Record ``config`` on the first run; later runs must agree (else :class:`InputDataError`)."""
+        old = self.config
+        if old is None:
+            self.data["config"] = json.loads(json.dumps(config))
+            self.save()
+            return
+        diff = config_differences(old, config)
+        if diff:
+            raise InputDataError(
+                f"{self.path} was created with a different study configuration: " + "; ".join(diff)
+                + ". Results of different budgets must not be mixed: re-run without these options (the recorded "
+                "values are used) or use a new --workdir."
+            )
+
+    def is_done(self, step: str) -> bool:
+        return step in self.data["done"]
+
+    def mark_done(self, step: str, **info: Any) -> None:
+        self.data["done"][step] = {"at": _now(), **info}
+        self.save()
+
+    def unmark(self, step: str) -> None:
+        if self.data["done"].pop(step, None) is not None:
+            self.save()
+
+    def add_seconds(self, key: str, seconds: float) -> None:
+        self.data["seconds"][key] = self.data["seconds"].get(key, 0.0) + float(seconds)
+        self.save()
+
+    def add_command(self, command: str) -> None:
+        if command not in self.data["commands"]:
+            self.data["commands"].append(command)
+            self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences ``key: recorded X, now Y`` between two (nested) configurations."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += config_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: recorded {a!r}, now {b!r}")
+    return out
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="seconds")
+
+
+def default_workdir() -> Path:
+    """``$MTMD_STUDY_DIR`` or ``~/mtmd_study``."""
+    return Path(os.environ.get(WORKDIR_ENV) or Path.home() / "mtmd_study").expanduser()
+
+
+# ----------------------------------------------------------------------------------- sources
+@dataclass(frozen=True)
+class Source:
+    """One source dataset (one domain)."""
+
+    folder: Path
+    domain: str
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def dataset_id(self) -> int:
+        return int(self.name[7:10])
+
+
+def find_sources(folder: Path, domains: Sequence[str] | None = None) -> list[Source]:
+    """The source datasets in ``folder``: every ``DatasetXXX_*`` subfolder with a dataset.json, sorted.
+
+    Domain names: ``domains`` if given, the real datasets' names (lumbar, sij, pelvis) for them,
+    else derived from the dataset names."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputDataError(
+            f"Source folder {folder} does not exist. The real data is expected in {REALDATA_DIR} (see "
+            "dataset_conversion/merge_real_musculoskeletal.py); pass --sources DIR holding DatasetXXX_* raw datasets."
+        )
+    found = sorted(p for p in folder.iterdir() if p.is_dir() and re.match(r"^Dataset\d{3}_.+", p.name)
+                   and (p / "dataset.json").is_file())
+    if len(found) < 2:
+        raise InputDataError(
+            f"{folder} holds {len(found)} nnU-Net raw dataset(s) (DatasetXXX_*/dataset.json); the study needs at "
+            "least two source datasets (one per domain)."
+        )
+    if domains is None:
+        domains = [REAL_DOMAIN_NAMES.get(p.name) or sanitize_domain_name(p.name) for p in found]
+    elif len(domains) != len(found):
+        raise InputDataError(
+            f"--domains gives {len(domains)} names for the {len(found)} datasets in {folder} "
+            f"({', '.join(p.name for p in found)}); give one per dataset, in this (sorted) order."
+        )
+    for d in domains:
+        validate_domain_name(d, "--domains")
+    ids = [int(p.name[7:10]) for p in found]
+    if len(set(ids)) != len(ids):
+        raise InputDataError(f"Dataset ids in {folder} are not unique: {[p.name for p in found]}.")
+    return [Source(p, d) for p, d in zip(found, domains)]
+
+
+# ------------------------------------------------------------------------------------- hardware
+def hardware_info() -> dict[str, Any]:
+    """nproc, CPU model (/proc/cpuinfo), RAM (/proc/meminfo), OS, Python/torch/nnunetv2 versions."""
+    info: dict[str, Any] = {"nproc": os.cpu_count(), "platform": platform.platform(),
+                            "python": platform.python_version()}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                info["ram_gib"] = round(int(line.split()[1]) / 1024**2, 1)
+    with contextlib.suppress(OSError):
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    from importlib.metadata import PackageNotFoundError, version
+
+    for pkg in ("torch", "nnunetv2", "nnunetv2-mtmd"):
+        with contextlib.suppress(PackageNotFoundError):
+            info[pkg] = version(pkg)
+    return info
+
+
+# ------------------------------------------------------------------------------------------ study
+def _bin(name: str) -> str:
+    cand = Path(sys.executable).parent / name
+    return str(cand) if cand.exists() else name
+
+
+@dataclass
+class StudyOptions:
+    """Everything the pipeline needs; see ``nnUNetv2_mtmd_study --help``."""
+
+    workdir: Path
+    sources_dir: Path | None = None
+    domains: Sequence[str] | None = None
+    schemes: Sequence[str] | None = None
+    folds: Sequence[int] | None = None
+    budget: dict[str, Any] | None = None  # explicitly given budget values only
+    merged_id: int = MERGED_ID
+    merged_name: str = MERGED_NAME
+    num_processes: int = 2
+    n_proc_da: int = 1
+    report: Path | None = None
+    dry_run: bool = False
+    measure_iterations: int = 10
+    verify: bool = True
+
+
+class Study:
+    """The pipeline. Construct with :class:`StudyOptions`, then :meth:`run` a stage."""
+
+    def __init__(self, opts: StudyOptions):
+        self.opts = opts
+        self.dir = Path(opts.workdir).expanduser().resolve()
+        self.dry = opts.dry_run
+        self.state = StudyState(self.dir / STATE_FILE)
+        cfg = self.state.config or {}
+        given = dict(opts.budget or {})
+        self.budget = StudyBudget.from_json({**cfg.get("budget", {}), **given}).validate()
+        src_dir = opts.sources_dir or (Path(cfg["sources_dir"]) if cfg.get("sources_dir") else REALDATA_DIR)
+        self.sources_dir = Path(src_dir).expanduser().resolve()
+        if cfg.get("sources") and opts.sources_dir is None and not self.sources_dir.is_dir():
+            raise InputDataError(f"The recorded source folder {self.sources_dir} is gone; pass --sources DIR.")
+        self.sources = find_sources(self.sources_dir, opts.domains or cfg.get("domains"))
+        self.k = len(self.sources)
+        self.budget.validate(self.k)
+        requested = list(opts.schemes or self.state.data.get("schemes") or DEFAULT_SCHEMES)
+        bad = [s for s in requested if s not in SCHEME_TRAINERS]
+        if bad:
+            raise InputDataError(f"Unknown scheme(s) {bad}; choose from {', '.join(SCHEME_TRAINERS)}.")
+        self.schemes = list(dict.fromkeys(requested))
+        self.folds = sorted(set(int(f) for f in (opts.folds if opts.folds is not None else
+                                                   self.state.data.get("folds") or DEFAULT_FOLDS)))
+        bad_f = [f for f in self.folds if not 0 <= f < N_SPLITS]
+        if bad_f:
+            raise InputDataError(f"Folds must be 0..{N_SPLITS - 1} (a {N_SPLITS}-fold split), found {bad_f}.")
+        self.merged = f"Dataset{opts.merged_id:03d}_{opts.merged_name}"
+        clash = [s.name for s in self.sources if s.dataset_id == opts.merged_id]
+        if clash:
+            raise InputDataError(f"Merged dataset id {opts.merged_id} is the id of source {clash[0]}; use --merged-id.")
+        self.raw = self.dir / "nnUNet_raw"
+        self.pre = self.dir / "nnUNet_preprocessed"
+        self.results = self.dir / "nnUNet_results"
+        report = opts.report or self.state.data.get("report")
+        self.report_path = Path(report).expanduser().resolve() if report else self.dir / "results.md"
+        self._config = {
+            "sources_dir": str(self.sources_dir),
+            "sources": [s.name for s in self.sources],
+            "domains": [s.domain for s in self.sources],
+            "merged": self.merged,
+            "plans_name": PLANS_NAME,
+            "budget": self.budget.to_json(),
+            "n_splits": N_SPLITS,
+            "split_seed": SPLIT_SEED,
+        }
+        self._spec: DomainSpec | None = None
+
+    # ----------------------------------------------------------------------------- plumbing
+    def _setup_logging(self) -> None:
+        if self.dry:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "logs").mkdir(exist_ok=True)
+        root = logging.getLogger("nnunetv2_mtmd")
+        if not any(getattr(h, "_mtmd_study", False) for h in root.handlers):
+            h = logging.FileHandler(self.dir / LOG_FILE)
+            h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+            h._mtmd_study = True  # type: ignore[attr-defined]
+            root.addHandler(h)
+            root.setLevel(logging.INFO)
+
+    def env(self, train: bool = False) -> dict[str, str]:
+        env = dict(os.environ)
+        for k, p in (("raw", self.raw), ("preprocessed", self.pre), ("results", self.results)):
+            env[f"nnUNet_{k}"] = str(p)
+        env["nnUNet_compile"] = "f"
+        env["nnUNet_def_n_proc"] = str(self.opts.num_processes)
+        env.update(self.budget.env())
+        env.pop(MEASURE_ENV, None)
+        env.pop("nnUNet_n_proc_DA", None)  # planning crashes with it (DESIGN.md); set for training only
+        if train:
+            env["nnUNet_n_proc_DA"] = str(self.opts.n_proc_da)
+        return env
+
+    def run_cmd(self, step: str, cmd: list[str], log_name: str, env: dict[str, str] | None = None) -> float:
+        """Run a console script in a subprocess, output appended to ``DIR/logs/<log_name>.txt``."""
+        text = shlex.join(cmd)
+        if self.dry:
+            print(text)
+            return 0.0
+        log_path = self.dir / "logs" / f"{log_name}.txt"
+        logger.info("[%s] $ %s   (output: %s)", step, text, log_path.relative_to(self.dir))
+        self.state.add_command(text)
+        t0 = time.time()
+        with open(log_path, "a") as log:
+            log.write(f"\n[{_now()}] $ {text}\n")
+            log.flush()
+            proc = subprocess.run([_bin(cmd[0]), *cmd[1:]], env=env or self.env(), stdout=log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        secs = time.time() - t0
+        if proc.returncode != 0:
+            tail = "".join(log_path.read_text(errors="replace").splitlines(True)[-15:])
+            raise StudyError(f"Step '{step}' failed (exit code {proc.returncode}) after {secs:.0f} s: {text}\n"
+                             f"Last lines of {log_path}:\n{tail}")
+        logger.info("[%s]   done in %.0f s", step, secs)
+        return secs
+
+    def run_inprocess(self, step: str, name: str, main: Callable[[list[str]], int], args: list[str]) -> float:
+        """Run one of the plugin's console scripts in this process (same code as the console script)."""
+        text = shlex.join([name, *args])
+        if self.dry:
+            print(text)
+            return 0.0
+        logger.info("[%s] $ %s", step, text)
+        self.state.add_command(text)
+        t0 = time.time()
+        rc = main(args)
+        if rc != 0:
+            raise StudyError(f"Step '{step}' failed (exit code {rc}): {text}")
+        return time.time() - t0
+
+    def note(self, text: str) -> None:
+        """A Python step: printed as a comment in a dry run, logged otherwise."""
+        if self.dry:
+            print(f"# {text}")
+        else:
+            logger.info(text)
+            self.state.add_command(f"# {text}")
+
+    @property
+    def spec(self) -> DomainSpec:
+        if self._spec is None:
+            self._spec = DomainSpec.from_dataset_json(self.raw / self.merged / "dataset.json")
+        return self._spec
+
+    def file_ending(self) -> str:
+        return load_json(self.raw / self.merged / "dataset.json").get("file_ending", ".nii.gz")
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """One study process per work folder."""
+        if self.dry:
+            yield
+            return
+        import fcntl
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "study.lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                f.seek(0)
+                raise StudyError(f"Another study process is running in {self.dir} (pid {f.read().strip() or '?'}); "
+                                 "wait for it or stop it first.") from e
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # --------------------------------------------------------------------------------- run
+    def run(self, stage: str = "all") -> None:
+        if stage not in STAGES:
+            raise InputDataError(f"Unknown stage {stage!r}; choose from {', '.join(STAGES)}.")
+        with self.lock():
+            self._setup_logging()
+            if not self.dry:
+                self.state.set_config(self._config)
+                self.state.data["schemes"] = list(dict.fromkeys([*self.state.data.get("schemes", []), *self.schemes]))
+                self.state.data["folds"] = sorted(set(self.state.data.get("folds", [])) | set(self.folds))
+                self.state.data["report"] = str(self.report_path)
+                self.state.save()
+                logger.info("=== study stage '%s' in %s: schemes %s, folds %s, budget %s", stage, self.dir,
+                            " ".join(self.schemes), self.folds, self.budget.to_json())
+            if stage in ("all", "prepare", "measure"):
+                self.prepare()
+            if stage == "measure":
+                self.measure()
+                return
+            if stage in ("all", "train"):
+                self.train(evaluate_as_we_go=stage == "all")
+            if stage in ("all", "evaluate"):
+                self.evaluate()
+            if stage in ("all", "report"):
+                self.report()
+
+    # ----------------------------------------------------------------------------- prepare
+    def prepare(self) -> None:
+        st = self.state
+        srcs = self.sources
+        if not st.is_done("copy"):
+            for s in srcs:
+                dst = self.raw / s.name
+                self.note(f"copy {s.folder} -> {dst}")
+                if not self.dry:
+                    with atomic_output_dir(dst, overwrite=True) as tmp:
+                        shutil.copytree(s.folder, tmp, dirs_exist_ok=True)
+            if not self.dry:
+                st.mark_done("copy")
+        if not st.is_done("merge"):
+            ch = load_json(srcs[0].folder / "dataset.json")["channel_names"]
+            names = [ch[str(i)] for i in range(len(ch))]
+            cmd = ["nnUNetv2_mtmd_merge", "-d", *(str(self.raw / s.name) for s in srcs), "--domains",
+                   *(s.domain for s in srcs), "-o", str(self.opts.merged_id), "-n", self.opts.merged_name,
+                   "--channel_names", *names, "--drop_duplicates", "--overwrite"]
+            self.run_cmd("merge", cmd, "prepare")
+            if not self.dry:
+                self._drop_cases_missing_from_merge()
+                st.mark_done("merge")
+        ids = [str(s.dataset_id) for s in srcs] + [str(self.opts.merged_id)]
+        np_ = str(self.opts.num_processes)
+        if not st.is_done("fingerprint"):
+            self.run_cmd("fingerprint", ["nnUNetv2_extract_fingerprint", "-d", *ids, "-np", np_]
+                         + (["--verify_dataset_integrity"] if self.opts.verify else []), "prepare")
+            if not self.dry:
+                st.mark_done("fingerprint")
+        if not st.is_done("plan"):
+            self.run_cmd("plan", ["nnUNetv2_plan_experiment", "-d", *ids[:-1]], "prepare")
+            self.run_cmd("plan", ["nnUNetv2_plan_experiment", "-d", ids[-1], "-pl", "nnUNetPlannerMTMD"], "prepare")
+            if not self.dry:
+                st.mark_done("plan")
+        if not st.is_done("plans_variant"):
+            self.note(f"write {PLANS_NAME}.json next to every nnUNetPlans.json: 2d with in-plane spacing "
+                      f"{self.budget.spacing_mm} mm, patch {self.budget.patch_size}^2, batch {self.budget.batch_size}, "
+                      f"at most {self.budget.max_features} features")
+            if not self.dry:
+                planned = {}
+                for name in [s.name for s in srcs] + [self.merged]:
+                    src = load_json(self.pre / name / "nnUNetPlans.json")
+                    variant = coarse_2d_plans(src, self.budget)
+                    save_json(variant, self.pre / name / f"{PLANS_NAME}.json")
+                    planned[name] = {"planned": describe_2d(src), "study": describe_2d(variant)}
+                    logger.info("  %s: planned %s -> study %s", name, planned[name]["planned"],
+                                planned[name]["study"])
+                st.mark_done("plans_variant", plans=planned)
+        if not st.is_done("preprocess"):
+            self.run_cmd("preprocess", ["nnUNetv2_preprocess", "-d", *ids, "-plans_name", PLANS_NAME, "-c",
+                                        CONFIGURATION, "-np", np_], "prepare")
+            if not self.dry:
+                st.mark_done("preprocess")
+        if not st.is_done("splits"):
+            self.note(f"write a domain-stratified {N_SPLITS}-fold split of {self.merged} (seed {SPLIT_SEED}) and "
+                      "the same held-out cases for every source dataset")
+            if not self.dry:
+                self.write_splits()
+                st.mark_done("splits")
+
+    def _drop_cases_missing_from_merge(self) -> None:
+        """Remove from the Individual copies the cases the merge dropped (exact duplicates), so that
+        both sides train and evaluate on the same cases."""
+        fe = self.file_ending()
+        merged = {p.name[: -len(fe)] for p in (self.raw / self.merged / "labelsTr").iterdir()
+                  if p.name.endswith(fe)}
+        for s in self.sources:
+            dom = self.spec.by_name(s.domain)
+            folder = self.raw / s.name
+            labels = sorted(p.name[: -len(fe)] for p in (folder / "labelsTr").iterdir() if p.name.endswith(fe))
+            dropped = [c for c in labels if dom.case_id(c) not in merged]
+            for c in dropped:
+                logger.warning("  %s: case %s was dropped by the merge (duplicate image); removed from the copy too",
+                               s.name, c)
+                (folder / "labelsTr" / f"{c}{fe}").unlink()
+                for f in (folder / "imagesTr").glob(f"{c}_[0-9][0-9][0-9][0-9]{fe}"):
+                    f.unlink()
+            if dropped:
+                dj = load_json(folder / "dataset.json")
+                dj["numTraining"] = len(labels) - len(dropped)
+                save_json(dj, folder / "dataset.json")
+
+    def merged_case_ids(self) -> list[str]:
+        fe = self.file_ending()
+        return sorted(p.name[: -len(fe)] for p in (self.raw / self.merged / "labelsTr").iterdir()
+                      if p.name.endswith(fe))
+
+    def write_splits(self) -> None:
+        from nnunetv2_mtmd.evaluation.splits import describe_splits, domain_stratified_kfold, write_splits
+
+        splits = domain_stratified_kfold(self.merged_case_ids(), self.spec, N_SPLITS, SPLIT_SEED)
+        write_splits(splits, self.pre / self.merged / "splits_final.json")
+        logger.info("  merged split:\n%s", describe_splits(splits, self.spec))
+        for dom_name, sp in individual_splits(splits, self.spec).items():
+            write_splits(sp, self.pre / self.spec.by_name(dom_name).source_dataset / "splits_final.json")
+
+    def load_splits(self, dataset: str) -> list[Split]:
+        return load_json(self.pre / dataset / "splits_final.json")
+
+    # ------------------------------------------------------------------------------- train
+    def runs(self, fold: int, schemes: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
+        """``(scheme, dataset, trainer)`` of every model of one fold."""
+        out = []
+        for s in schemes or self.schemes:
+            datasets = [src.name for src in self.sources] if s == INDIVIDUAL else [self.merged]
+            out += [(s, d, SCHEME_TRAINERS[s]) for d in datasets]
+        return out
+
+    def run_status(self, dataset: str, trainer: str, fold: int) -> str:
+        expected = None
+        split_file = self.pre / dataset / "splits_final.json"
+        if split_file.is_file():
+            expected = self.load_splits(dataset)[fold]["val"]
+        fe = load_json(self.raw / dataset / "dataset.json").get("file_ending", ".nii.gz") \
+            if (self.raw / dataset / "dataset.json").is_file() else ".nii.gz"
+        return training_status(fold_folder(self.results, dataset, trainer, fold), expected, fe)
+
+    def fold_complete(self, fold: int, schemes: Sequence[str] | None = None) -> bool:
+        return all(self.run_status(d, tr, fold) == "done" for _, d, tr in self.runs(fold, schemes))
+
+    @property
+    def eval_schemes(self) -> list[str]:
+        """Every scheme ever requested in this work folder (state.json) plus this run's, in table order:
+        evaluation and report always cover all of them, on the folds finished by all of them."""
+        got = {*self.state.data.get("schemes", []), *self.schemes}
+        return [s for s in SCHEME_TRAINERS if s in got]
+
+    @property
+    def eval_folds(self) -> list[int]:
+        return sorted({*self.state.data.get("folds", []), *self.folds})
+
+    def train(self, evaluate_as_we_go: bool = False) -> None:
+        for fold in self.folds:
+            for scheme, dataset, trainer in self.runs(fold):
+                status = self.run_status(dataset, trainer, fold)
+                key = f"train:fold{fold}:{scheme}:{dataset}"
+                if status == "done":
+                    if not self.dry and not self.state.is_done(key):
+                        self.state.mark_done(key)
+                    logger.info("[train] fold %d %s on %s: done (skipped)", fold, scheme, dataset)
+                    continue
+                if not self.dry:
+                    logger.info("[train] fold %d %s on %s: %s", fold, scheme, dataset,
+                                {"new": "starting", "resume": "continuing from a checkpoint (--c)",
+                                 "validate": "running the final validation (--val)"}[status])
+                secs = self.run_cmd(f"train fold {fold} {scheme} {dataset}",
+                                    train_command(dataset, fold, trainer, status),
+                                    f"train_fold{fold}_{scheme}_{dataset}", self.env(train=True))
+                if not self.dry:
+                    self.state.add_seconds(key, secs)
+                    if self.run_status(dataset, trainer, fold) != "done":
+                        raise StudyError(f"nnUNetv2_train for fold {fold} {scheme} on {dataset} ended without a "
+                                         "complete validation folder; see the log in DIR/logs.")
+                    self.state.mark_done(key, seconds=self.state.data["seconds"][key])
+            if evaluate_as_we_go and not self.dry and self.fold_complete(fold):
+                self.evaluate()
+                self.report()
+
+    # ---------------------------------------------------------------------------- evaluate
+    def complete_folds(self) -> list[int]:
+        return [f for f in self.eval_folds if (self.pre / self.merged / "splits_final.json").is_file()
+                and self.fold_complete(f, self.eval_schemes)]
+
+    def gather(self, scheme: str, folds: Sequence[int], out: Path) -> int:
+        """Held-out predictions of ``scheme`` over ``folds`` into ``out`` (unified labels, merged case ids)."""
+        fe = self.file_ending()
+        n = 0
+        with atomic_output_dir(out, overwrite=True) as tmp:
+            for fold in folds:
+                for _, dataset, trainer in self.runs(fold, [scheme]):
+                    val = fold_folder(self.results, dataset, trainer, fold) / "validation"
+                    files = sorted(p for p in val.iterdir() if p.name.endswith(fe))
+                    for p in files:
+                        case = p.name[: -len(fe)]
+                        if scheme == INDIVIDUAL:
+                            dom = next(d for d in self.spec.domains if d.source_dataset == dataset)
+                            target = tmp / f"{dom.case_id(case)}{fe}"
+                        else:
+                            target = tmp / p.name
+                        if target.exists():
+                            raise StudyError(f"{target.name} is predicted by two folds of {scheme}: the folds' "
+                                             "validation sets overlap; the splits are inconsistent.")
+                        if scheme == INDIVIDUAL:
+                            unify_individual_prediction(p, target, dom)
+                        else:
+                            shutil.copyfile(p, target)
+                        n += 1
+        return n
+
+    def best_multi_domain_scheme(self) -> str | None:
+        """The multi-domain scheme with the highest mean over domains of the domain-mean Dice (raw)."""
+        best, best_val = None, -1.0
+        for s in self.eval_schemes:
+            if s == INDIVIDUAL:
+                continue
+            summ = self.dir / "evaluation" / s / "raw" / "summary.json"
+            if not summ.is_file():
+                continue
+            val = domain_mean_dice(load_json(summ))
+            if val is not None and val > best_val:
+                best, best_val = s, val
+        return best
+
+    def evaluate(self) -> None:
+        from nnunetv2_mtmd.cli import compare as compare_cli
+        from nnunetv2_mtmd.cli import evaluate as evaluate_cli
+        from nnunetv2_mtmd.cli import postprocess as postprocess_cli
+
+        folds = self.complete_folds() if not self.dry else self.eval_folds
+        schemes = self.eval_schemes
+        if not folds:
+            logger.info("[evaluate] no fold has finished training for every scheme yet: nothing to evaluate.")
+            return
+        key = f"evaluate:folds{','.join(map(str, folds))}:{','.join(schemes)}"
+        if self.state.is_done(key):
+            logger.info("[evaluate] folds %s already evaluated (skipped)", folds)
+            return
+        logger.info("[evaluate] folds %s, schemes %s", folds, schemes)
+        merged_dir = str(self.raw / self.merged)
+        ref = str(self.raw / self.merged / "labelsTr")
+        np_ = str(self.opts.num_processes)
+        ev = self.dir / "evaluation"
+        for s in schemes:
+            pred, pp = self.dir / "predictions" / s, self.dir / "predictions_postprocessed" / s
+            self.note(f"gather the held-out predictions of {s} over folds {folds} into {pred}"
+                      + (" (labels remapped to the unified space, case ids prefixed)" if s == INDIVIDUAL else ""))
+            if not self.dry:
+                n = self.gather(s, folds, pred)
+                logger.info("  %s: %d held-out predictions", s, n)
+            self.run_inprocess("postprocess", "nnUNetv2_mtmd_postprocess", postprocess_cli.main,
+                               ["-i", str(pred), "-o", str(pp), "-d", merged_dir, "-np", np_, "--overwrite"])
+            for variant, folder in (("raw", pred), ("postprocessed", pp)):
+                self.run_inprocess("evaluate", "nnUNetv2_mtmd_evaluate", evaluate_cli.main,
+                                   ["-ref", ref, "-pred", str(folder), "-d", merged_dir,
+                                    "-o", str(ev / s / variant), "-np", np_, "--allow-missing", "--overwrite"])
+        if len(schemes) > 1:  # Individual (if run) is first: the reference of the KS tests
+            for variant in EVAL_VARIANTS:
+                self.run_inprocess("compare", "nnUNetv2_mtmd_compare", compare_cli.main,
+                                   [*(str(ev / s / variant) for s in schemes), "-o", str(ev / f"compare_{variant}"),
+                                    "--names", *schemes, "--overwrite"])
+        best = self.best_multi_domain_scheme() if not self.dry else next(
+            (s for s in schemes if s != INDIVIDUAL), None)
+        emb = None
+        if best is not None:
+            emb = self.dir / "embeddings" / f"{best}_fold{folds[0]}"
+            self.run_cmd("embeddings", ["nnUNetv2_mtmd_embeddings", "-d", self.merged, "-c", CONFIGURATION,
+                                        "-tr", SCHEME_TRAINERS[best], "-p", PLANS_NAME, "-f", str(folds[0]),
+                                        "-o", str(emb), "-device", "cpu", "--overwrite", "--no_progress"],
+                         "embeddings")
+        if not self.dry:
+            save_json({"folds": folds, "schemes": schemes, "best_multi_domain": best,
+                       "embeddings": str(emb) if emb else None, "at": _now()}, ev / "evaluated.json")
+            self.state.mark_done(key)
+
+    # ------------------------------------------------------------------------------ report
+    def report(self) -> None:
+        ev_file = self.dir / "evaluation" / "evaluated.json"
+        if self.dry:
+            self.note(f"write {self.report_path} from {self.dir / 'evaluation'}")
+            return
+        if not ev_file.is_file():
+            logger.info("[report] nothing evaluated yet: no report written.")
+            return
+        text = build_report(self, load_json(ev_file))
+        self.report_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.report_path.with_name(f".{self.report_path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.report_path)
+        logger.info("[report] wrote %s", self.report_path)
+
+    # ----------------------------------------------------------------------------- measure
+    def measure(self) -> dict[str, Any]:
+        """Time every trainer on fold 0: 2 epochs of ``measure_iterations`` (times K for multi-domain)
+        iterations each; the study trainers log the median wall-clock and process CPU time of
+        ``train_step`` per epoch (data loading excluded), the second epoch is used. No checkpoints, no
+        final validation; the runs go to ``DIR/measure`` and do not touch the study's results. Writes
+        ``DIR/measure/speed.json`` and prints the expected hours of the budget."""
+        n = self.opts.measure_iterations
+        mb = replace(self.budget, iterations=2 * n, epochs=2, ae_iterations=min(self.budget.ae_iterations, 2 * n))
+        results = self.dir / "measure" / "nnUNet_results"
+        out: dict[str, Any] = {"iterations_per_epoch_individual": n, "budget": mb.to_json(), "runs": {}}
+        for scheme, dataset, trainer in self.runs(0):
+            env = {**self.env(train=True), **mb.env(), MEASURE_ENV: "1", "nnUNet_results": str(results)}
+            fd = fold_folder(results, dataset, trainer, 0)
+            if fd.exists() and not self.dry:
+                shutil.rmtree(fd)
+            secs = self.run_cmd(f"measure {scheme} {dataset}",
+                                [*train_command(dataset, 0, trainer, "new"), "--disable_checkpointing"],
+                                f"measure_{scheme}_{dataset}", env)
+            if self.dry:
+                continue
+            steps = measured_step_times(fd)
+            if not steps:
+                raise StudyError(f"No 'Study measure' lines in the training log of {fd}; see DIR/logs.")
+            last = steps[-1]
+            out["runs"].setdefault(scheme, {})[dataset] = {**last, "epoch_seconds": epoch_times(fd),
+                                                          "run_seconds": secs}
+            logger.info("[measure] %s on %s: train_step %.2f s wall, %.2f s CPU (load average %.1f)", scheme,
+                        dataset, last["wall"], last["cpu"], last["load"])
+        if self.dry:
+            return out
+        nproc = os.cpu_count() or 1
+        wall = {s: float(np.mean([v["wall"] for v in d.values()])) for s, d in out["runs"].items()}
+        cpu = {s: float(np.mean([v["cpu"] for v in d.values()])) for s, d in out["runs"].items()}
+        out.update({
+            "seconds_per_iteration_wall": wall,
+            "cpu_seconds_per_iteration": cpu,
+            "expected_hours_at_measured_load": estimate_hours(self.budget, wall, self.k, len(self.folds)),
+            "expected_hours_alone_best": estimate_hours(self.budget, {s: c / nproc for s, c in cpu.items()},
+                                                        self.k, len(self.folds)),
+            "expected_hours_alone_worst": estimate_hours(self.budget, cpu, self.k, len(self.folds)),
+            "hardware": hardware_info(),
+        })
+        save_json(out, self.dir / "measure" / "speed.json")
+        b = self.budget
+        lines = [f"train_step time per iteration (batch {b.batch_size}, patch {b.patch_size}^2 at {b.spacing_mm} mm, "
+                 f"median of {n} (x K) iterations) and expected training hours of I = {b.iterations} for "
+                 f"{len(self.folds)} fold(s):",
+                 f"  {'scheme':14s} {'wall s/it':>9s} {'CPU s/it':>9s} {'h (load)':>9s} {'h alone':>15s}"]
+        for s in wall:
+            lo = out["expected_hours_alone_best"][s]
+            hi = out["expected_hours_alone_worst"][s]
+            lines.append(f"  {s:14s} {wall[s]:9.2f} {cpu[s]:9.2f} {out['expected_hours_at_measured_load'][s]:9.1f} "
+                         f"{lo:6.1f} - {hi:6.1f}")
+        tot = {k: out[f"expected_hours_{k}"]["total"] for k in ("at_measured_load", "alone_best", "alone_worst")}
+        lines.append(f"  {'total':14s} {'':9s} {'':9s} {tot['at_measured_load']:9.1f} "
+                     f"{tot['alone_best']:6.1f} - {tot['alone_worst']:6.1f}")
+        lines.append(f"'h (load)': at the load average measured ({hardware_info().get('load_average')} now); "
+                     f"'h alone': CPU time / {nproc} cores (perfect parallelism) to CPU time on one core. "
+                     "Training iterations only: add data loading stalls, per-epoch validation, the final "
+                     "validations and the MJAP autoencoder phases.")
+        logger.info("\n".join(lines))
+        return out
+
+
+_MEASURE_LINE = re.compile(r"Study measure: epoch (\d+): train_step wall median ([0-9.]+) s, process CPU median "
+                           r"([0-9.]+) s over (\d+) iterations; load average ([0-9.]+)")
+
+
+def measured_step_times(fold_dir: Path) -> list[dict[str, float]]:
+    """The ``Study measure`` lines of the training logs in ``fold_dir``: per epoch the median wall and
+    process CPU seconds of ``train_step``, the number of iterations and the load average."""
+    out = []
+    for log in sorted(Path(fold_dir).glob("training_log_*.txt")):
+        for m in _MEASURE_LINE.finditer(log.read_text(errors="replace")):
+            out.append({"epoch": int(m.group(1)), "wall": float(m.group(2)), "cpu": float(m.group(3)),
+                        "iterations": int(m.group(4)), "load": float(m.group(5))})
+    return out
+
+
+# ----------------------------------------------------------------------------------------- report
+def domain_mean_dice(summary: Mapping[str, Any]) -> float | None:
+    """Mean over domains of each domain's mean Dice (summary.json of nnUNetv2_mtmd_evaluate)."""
+    vals = [e["mean"]["dice"]["mean"] for e in summary.get("domains", {}).values()
+            if e["mean"]["dice"].get("mean") is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _stat_cell(stat: Mapping[str, Any] | None, metric: str) -> str:
+    from nnunetv2_mtmd.evaluation.evaluate import format_stat
+
+    if stat is None:
+        return "n/a"
+    return format_stat(stat, metric)
+
+
+def metric_table(summaries: Mapping[str, Mapping[str, Any]], metric: str, spec: DomainSpec) -> str:
+    """Markdown table: rows domain / structure (and domain mean), columns schemes, cells mean ± std."""
+    schemes = list(summaries)
+    lines = ["| Domain | Structure | " + " | ".join(SCHEME_LABELS[s] for s in schemes) + " |",
+             "|---|---|" + "---|" * len(schemes)]
+    for d in spec.domains:
+        rows = [(lab.name, lambda e, n=lab.name: e["structures"].get(n, {}).get(metric)) for lab in d.labels]
+        rows.append(("**mean**", lambda e: e["mean"].get(metric)))
+        for name, get in rows:
+            cells = []
+            for s in schemes:
+                e = summaries[s].get("domains", {}).get(d.name)
+                cells.append(_stat_cell(get(e) if e else None, metric))
+            lines.append(f"| {d.name} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ks_table(compare_json: Mapping[str, Any]) -> str:
+    """Markdown table of nnUNetv2_mtmd_compare's compare.json: per scheme and group, mean slice Dice
+    [P16, P84] and the KS p-value against the reference scheme."""
+    rows = compare_json["rows"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    idx = {(r["method"], r["group"]): r for r in rows}
+    head = ["Scheme"] + [f"{g}: slice Dice [P16, P84] / KS p" for g in groups]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        cells = [SCHEME_LABELS.get(m, m)]
+        for g in groups:
+            r = idx.get((m, g))
+            if r is None or not r["n_slices"]:
+                cells.append("n/a")
+                continue
+            cell = f"{r['mean']:.3f} [{r['p16']:.3f}, {r['p84']:.3f}]"
+            if m == compare_json["reference_method"]:
+                cell += " / (reference)"
+            elif r.get("ks_pvalue") is not None:
+                p = r["ks_pvalue"]
+                cell += f" / D={r['ks_statistic']:.3f}, p={p:.2e}" if p < 1e-3 else \
+                    f" / D={r['ks_statistic']:.3f}, p={p:.3f}"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _read_similarity(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
+    """The text of results.md, from the files the pipeline wrote (no number typed by hand)."""
+    d = study.dir
+    spec = study.spec
+    folds = evaluated["folds"]
+    schemes = [s for s in evaluated["schemes"] if (d / "evaluation" / s / "raw" / "summary.json").is_file()]
+    st = study.state.data
+    b = study.budget
+    hw = hardware_info()
+    pending = [f for f in study.eval_folds if f not in folds]
+    pics_dir = study.report_path.parent / study.report_path.stem
+    L: list[str] = []
+    add = L.append
+    add("# Real-data ablation study: multi-task multi-domain schemes vs. stock nnU-Net")
+    add("")
+    add(f"Generated by `nnUNetv2_mtmd_study` (nnunetv2_mtmd/study.py) on {_now()} from the files in `{d}`. "
+        "Every number below was computed by the study's commands (evaluation CSV/JSON files, state.json, "
+        "nnU-Net's training logs); none was typed by hand.")
+    add("")
+    add(f"**Folds evaluated: {', '.join(map(str, folds))}** of the {N_SPLITS}-fold domain-stratified split"
+        + (f" (folds {', '.join(map(str, pending))} not finished yet: this report is partial)." if pending else "."))
+    add("")
+    add("## Data")
+    add("")
+    add("| Domain | Source dataset | Cases | Structures |")
+    add("|---|---|---|---|")
+    for dom in spec.domains:
+        add(f"| {dom.name} | {dom.source_dataset} | {dom.num_cases} | {', '.join(lab.name for lab in dom.labels)} |")
+    add("")
+    add(f"Merged dataset `{study.merged}` (nnUNetv2_mtmd_merge). Split: domain-stratified {N_SPLITS}-fold "
+        f"(seed {SPLIT_SEED}); each Individual model holds out exactly the same cases of its domain.")
+    add("")
+    add("## Budget (identical for every scheme)")
+    add("")
+    plans = st["done"].get("plans_variant", {}).get("plans", {})
+    add(f"- 2D configuration of every dataset (plans `{PLANS_NAME}`): in-plane spacing {b.spacing_mm} mm, patch "
+        f"{b.patch_size} x {b.patch_size}, batch size {b.batch_size} (multi-domain: {b.batch_size // study.k} per "
+        f"domain), at most {b.max_features} features per stage.")
+    for name, p in plans.items():
+        add(f"  - {name}: nnU-Net planned spacing {p['planned']['spacing']}, patch {p['planned']['patch_size']}, "
+            f"batch {p['planned']['batch_size']}, {p['planned']['n_stages']} stages; study: "
+            f"{p['study']['n_stages']} stages, features {p['study']['features_per_stage']} ({p['study']['network']}).")
+    add(f"- Schedule: {b.epochs} epochs; Individual {b.iterations} iterations per model, multi-domain "
+        f"{study.k} x {b.iterations} = {b.model_iterations(study.k)} (equal exposure: every domain contributes "
+        f"{b.samples_per_domain(1)} training samples to every model, and each multi-domain model costs as much as "
+        f"the {study.k} Individual models together); {b.val_iterations} (x K) pseudo-Dice batches per epoch; "
+        f"MJAP autoencoder phase {b.ae_iterations} iterations; learning rate and everything else as nnU-Net's "
+        "defaults.")
+    add("")
+    add("| Scheme | Trainer | Models per fold | Iterations per model | Iterations per fold | "
+        "Samples per domain | Training wall time (h, all folds) | s per iteration (median) |")
+    add("|---|---|---|---|---|---|---|---|")
+    for r in budget_rows(b, schemes, study.k):
+        s = r["scheme"]
+        secs = sum(v for k, v in st["seconds"].items() if k.startswith("train:") and k.split(":")[2] == s
+                   and int(k.split(":")[1][4:]) in folds)
+        spi = []
+        for f in folds:
+            for _, ds, tr in study.runs(f, [s]):
+                t = epoch_times(fold_folder(study.results, ds, tr, f))
+                spi += [x / r["iterations_per_epoch"] for x in t]
+        spi_txt = f"{float(np.median(spi)):.2f}" if spi else "n/a"
+        add(f"| {SCHEME_LABELS[s]} | `{r['trainer']}` | {r['models_per_fold']} | {r['iterations_per_model']} | "
+            f"{r['iterations_per_fold']} | {r['samples_per_domain']} | {secs / 3600:.2f} | {spi_txt} |")
+    add("")
+    add("Wall time: the `nnUNetv2_train` subprocesses as timed by the study (training, per-epoch validation and "
+        "nnU-Net's final validation). Seconds per iteration: nnU-Net's logged epoch time divided by the training "
+        "iterations per epoch (the epoch time includes the pseudo-Dice batches).")
+    add("")
+    add("## Hardware")
+    add("")
+    add(f"- CPU: {hw.get('cpu_model', 'unknown')}, {hw['nproc']} logical cores (nproc); RAM {hw.get('ram_gib', '?')} "
+        f"GiB; load average when this report was written: {hw.get('load_average', '?')}")
+    add(f"- {hw['platform']}; Python {hw['python']}, torch {hw.get('torch', '?')}, nnunetv2 {hw.get('nnunetv2', '?')}, "
+        f"nnunetv2-mtmd {hw.get('nnunetv2-mtmd', '?')}; device: CPU (`-device cpu`)")
+    add("")
+    add("## Check: have the Individual baselines learned?")
+    add("")
+    summaries = {v: {s: load_json(d / "evaluation" / s / v / "summary.json") for s in schemes} for v in EVAL_VARIANTS}
+    if INDIVIDUAL in schemes:
+        ind = summaries["raw"][INDIVIDUAL]["domains"]
+        add(f"Domain-mean Dice of the Individual models (held-out cases, no post-processing); threshold "
+            f"{LEARNED_DICE}:")
+        add("")
+        for dom in spec.domains:
+            e = ind.get(dom.name)
+            val = e["mean"]["dice"]["mean"] if e else None
+            verdict = "n/a" if val is None else ("learned" if val >= LEARNED_DICE else
+                                                 "**NOT LEARNED: the comparison for this domain is not meaningful**")
+            add(f"- {dom.name}: " + ("n/a" if val is None else f"{val:.3f}") + f" ({verdict})")
+    else:
+        add("The Individual scheme was not run: no baseline check.")
+    add("")
+    for variant, title in EVAL_VARIANTS.items():
+        add(f"## Results {title}")
+        add("")
+        add("Mean ± std over the held-out cases of the evaluated folds (`nnUNetv2_mtmd_evaluate`; per-domain "
+            "rows: over all case-structure pairs; \"k undef.\": a distance is undefined when one mask is empty). "
+            f"Files: `{d / 'evaluation' / '<scheme>' / variant}`.")
+        add("")
+        for metric, label in REPORT_METRICS.items():
+            add(f"### {label}")
+            add("")
+            add(metric_table(summaries[variant], metric, spec))
+            add("")
+        cj = d / "evaluation" / f"compare_{variant}" / "compare.json"
+        if cj.is_file():
+            add("### 2D slice Dice and Kolmogorov-Smirnov test against the first scheme")
+            add("")
+            add(ks_table(load_json(cj)))
+            add("")
+            add("Slice Dice of every slice where the reference or the prediction has a structure; P16/P84 = "
+                "16th/84th percentiles; D and p: two-sample KS test (`nnUNetv2_mtmd_compare`, "
+                "scipy.stats.ks_2samp) against the reference scheme, per domain and pooled.")
+            add("")
+    add("## Embeddings of the best multi-domain scheme")
+    add("")
+    emb = evaluated.get("embeddings")
+    best = evaluated.get("best_multi_domain")
+    if emb and (Path(emb) / "similarity.csv").is_file():
+        dm = domain_mean_dice(summaries["raw"][best])
+        add(f"Best multi-domain scheme by mean domain Dice without post-processing: **{SCHEME_LABELS[best]}** "
+            f"({dm:.3f}); embeddings of fold {folds[0]}'s model (`nnUNetv2_mtmd_embeddings`, files in `{emb}`).")
+        add("")
+        rows = _read_similarity(Path(emb) / "similarity.csv")
+        add("| Stage | Channels | Intra-domain cosine similarity | Inter-domain cosine similarity |")
+        add("|---|---|---|---|")
+        for r in rows:
+            add(f"| {r['stage_name']} | {r['channels']} | {_pm(r['intra_mean'], r['intra_std'])} | "
+                f"{_pm(r['inter_mean'], r['inter_std'])} |")
+        add("")
+        names = [r["stage_name"] for r in rows]
+        enc = [n for n in names if n.startswith("enc")]
+        dec = [n for n in names if n.startswith("dec")]
+        shown = [n for n in (enc[-1] if enc else None, dec[-1] if dec else None) if n]
+        pics_dir.mkdir(parents=True, exist_ok=True)
+        for n in shown:
+            src = Path(emb) / f"tsne_{n}.png"
+            if src.is_file():
+                dst = pics_dir / f"tsne_{best}_{n}.png"
+                shutil.copyfile(src, dst)
+                rel = os.path.relpath(dst, study.report_path.parent)
+                add(f"![t-SNE of the {n} embeddings of {SCHEME_LABELS[best]}]({rel})")
+                add("")
+    else:
+        add("Not available (no multi-domain scheme evaluated, or the embeddings step did not produce files).")
+        add("")
+    add("## Commands")
+    add("")
+    add("The study (see docs/study.md; running it again continues where it stopped):")
+    add("")
+    add("```")
+    add(shlex.join(study_command(study)))
+    add("```")
+    add("")
+    add("<details><summary>Every command the study ran, in order (lines starting with # are Python steps of "
+        "the study)</summary>")
+    add("")
+    add("Environment of every command: " + " ".join(
+        f"{k}={shlex.quote(v)}" for k, v in study.env().items()
+        if k.startswith("nnUNet_") or k == BUDGET_ENV) + f"; training additionally nnUNet_n_proc_DA="
+        f"{study.opts.n_proc_da}. Console scripts of the plugin (nnUNetv2_mtmd_*) other than the embeddings ran "
+        "in the study's process, with exactly these arguments.")
+    add("")
+    add("```")
+    L.extend(st.get("commands", []))
+    add("```")
+    add("")
+    add("</details>")
+    add("")
+    add("## Discussion")
+    add("")
+    add("> **To be written by a human after reading the numbers.** The script does not draw conclusions. Points "
+        "to address: did every Individual baseline learn (check above); which differences are larger than the "
+        "fold-to-fold and case-to-case spread; what the KS p-values say (and that with few cases and many slices "
+        "per case, slices are not independent samples); the effect of post-processing; the limits of this budget "
+        "(coarse spacing, short schedule, CPU) compared with the paper's.")
+    add("")
+    return "\n".join(L)
+
+
+def study_command(study: Study) -> list[str]:
+    """The ``nnUNetv2_mtmd_study`` command line that reproduces ``study`` from scratch (all options explicit)."""
+    b = study.budget
+    cmd = ["python", "-m", "nnunetv2_mtmd.cli.study", "--workdir", str(study.dir), "--sources",
+           str(study.sources_dir), "--domains", *(s.domain for s in study.sources), "--folds",
+           *map(str, study.eval_folds), "--schemes", *study.eval_schemes]
+    cmd += ["--iterations", str(b.iterations), "--epochs", str(b.epochs), "--val-iterations", str(b.val_iterations),
+            "--ae-iterations", str(b.ae_iterations), "--batch-size", str(b.batch_size), "--spacing",
+            f"{b.spacing_mm:g}", "--patch-size", str(b.patch_size), "--max-features", str(b.max_features)]
+    return [*cmd, "--report", str(study.report_path)]
+
+
+def _pm(mean: str, std: str) -> str:
+    try:
+        return f"{float(mean):.3f} ± {float(std):.3f}"
+    except ValueError:
+        return "n/a"

@@ -1,0 +1,479 @@
+"""The real-data ablation study runner (nnunetv2_mtmd/study.py, cli/study.py, training/trainers/study.py).
+
+Unit tests of the pure helpers with hand-computed values (budget arithmetic, Individual splits derived
+from the merged split, label remap, training/resume state, coarse plans, report tables), plus one slow
+smoke test that runs the whole pipeline (prepare -> train -> evaluate -> report, then a resume) on
+three tiny synthetic source datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunetv2_mtmd.domains import Domain, DomainLabel, DomainSpec
+from nnunetv2_mtmd.errors import InputDataError
+from nnunetv2_mtmd.study import (
+    BUDGET_ENV,
+    SCHEME_TRAINERS,
+    StudyBudget,
+    StudyState,
+    budget_rows,
+    coarse_2d_plans,
+    config_differences,
+    domain_mean_dice,
+    epoch_times,
+    estimate_hours,
+    find_sources,
+    individual_splits,
+    ks_table,
+    metric_table,
+    remap_labels,
+    strip_domain_prefix,
+    train_command,
+    training_status,
+    unify_individual_prediction,
+)
+from tests.datagen import make_raw_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _spec() -> DomainSpec:
+    """knee (femur=1 -> 1, tibia=2 -> 2) and hip (femur=1 -> 3), codes 1 and 2."""
+    knee = Domain("knee", 1, "Dataset901_Knee", (DomainLabel("femur", 1, 1), DomainLabel("tibia", 2, 2)), 3)
+    hip = Domain("hip", 2, "Dataset902_Hip", (DomainLabel("femur", 1, 3),), 2)
+    return DomainSpec((knee, hip), code_channel=1)
+
+
+# ------------------------------------------------------------------------------------- budget
+@pytest.mark.parametrize(
+    "iterations, epochs, k, per_epoch, total, samples",
+    [
+        (1000, 20, 1, 50, 1000, 12000),  # Individual: I / E per epoch, B * I samples of its domain
+        (1000, 20, 3, 150, 3000, 12000),  # 3 domains: K * I iterations, still B * I samples per domain
+        (600, 10, 2, 120, 1200, 7200),
+        (2, 1, 3, 6, 6, 24),
+    ],
+)
+def test_budget_equal_exposure(iterations, epochs, k, per_epoch, total, samples):
+    b = StudyBudget(iterations=iterations, epochs=epochs, batch_size=12).validate(3)
+    assert b.iterations_per_epoch(k) == per_epoch
+    assert b.model_iterations(k) == total
+    assert b.samples_per_domain(k) == samples
+    assert b.val_iterations_per_epoch(k) == 4 * k
+
+
+def test_budget_rows_equal_compute_per_fold():
+    rows = {r["scheme"]: r for r in budget_rows(StudyBudget(iterations=1000, epochs=20), ["Individual", "DSL"], 3)}
+    assert rows["Individual"] == {"scheme": "Individual", "trainer": "nnUNetTrainer_study", "models_per_fold": 3,
+                                  "iterations_per_model": 1000, "iterations_per_epoch": 50,
+                                  "iterations_per_fold": 3000, "samples_per_domain": 12000}
+    assert rows["DSL"]["models_per_fold"] == 1
+    assert rows["DSL"]["iterations_per_model"] == rows["DSL"]["iterations_per_fold"] == 3000
+    assert rows["DSL"]["samples_per_domain"] == 12000
+
+
+def test_estimate_hours_hand_computed():
+    b = StudyBudget(iterations=1000, epochs=20)
+    h = estimate_hours(b, {"Individual": 0.5, "DSL_MJAP": 0.6}, num_domains=3, n_folds=3,
+                       ae_seconds={"DSL_MJAP": 120.0})
+    # Individual: 3 folds * 3 models * 1000 it * 0.5 s = 4500 s; DSL_MJAP: 3 * (3000 * 0.6 + 120) = 5760 s
+    assert h["Individual"] == pytest.approx(1.25)
+    assert h["DSL_MJAP"] == pytest.approx(1.6)
+    assert h["total"] == pytest.approx(2.85)
+
+
+@pytest.mark.parametrize(
+    "kwargs, k, message",
+    [
+        ({"iterations": 1000, "epochs": 30}, None, "multiple of --epochs"),
+        ({"batch_size": 10}, 3, "not a multiple of the 3 domains"),
+        ({"patch_size": 4}, None, "patch_size must be an integer >= 8"),
+        ({"spacing_mm": 0.0}, None, "--spacing must be > 0"),
+        ({"iterations": 2.5}, None, "iterations must be an integer"),
+    ],
+)
+def test_budget_validation(kwargs, k, message):
+    with pytest.raises(InputDataError, match=message):
+        StudyBudget(**kwargs).validate(k)
+
+
+def test_budget_environment_roundtrip():
+    b = StudyBudget(iterations=40, epochs=4, ae_iterations=7)
+    assert StudyBudget.from_env(b.env()) == b
+    assert StudyBudget.from_env({}) == StudyBudget()
+    with pytest.raises(InputDataError, match="not valid JSON"):
+        StudyBudget.from_env({BUDGET_ENV: "{iterations"})
+    with pytest.raises(InputDataError, match="unknown budget keys"):
+        StudyBudget.from_env({BUDGET_ENV: json.dumps({"iters": 3})})
+
+
+# ------------------------------------------------------------------------------------- splits
+def test_individual_splits_hold_out_the_same_cases():
+    spec = _spec()
+    merged = [
+        {"train": ["hip_h1", "knee_a", "knee_b"], "val": ["hip_h0", "knee_c"]},
+        {"train": ["hip_h0", "knee_a", "knee_c"], "val": ["hip_h1", "knee_b"]},
+    ]
+    assert individual_splits(merged, spec) == {
+        "knee": [{"train": ["a", "b"], "val": ["c"]}, {"train": ["a", "c"], "val": ["b"]}],
+        "hip": [{"train": ["h1"], "val": ["h0"]}, {"train": ["h0"], "val": ["h1"]}],
+    }
+
+
+def test_individual_splits_refuse_a_fold_without_validation_case_of_a_domain():
+    merged = [{"train": ["hip_h0", "knee_a"], "val": ["knee_b"]}]
+    with pytest.raises(InputDataError, match="no val case of domain 'hip'"):
+        individual_splits(merged, _spec())
+
+
+@pytest.mark.parametrize("case, domain, expected", [("knee_a", "knee", "a"), ("knee_case_01", "knee", "case_01"),
+                                                    ("hip_knee_x", "hip", "knee_x")])
+def test_strip_domain_prefix(case, domain, expected):
+    assert strip_domain_prefix(case, _spec().by_name(domain)) == expected
+
+
+def test_strip_domain_prefix_refuses_another_domain():
+    with pytest.raises(InputDataError, match="not a case of domain 'hip'"):
+        strip_domain_prefix("knee_a", _spec().by_name("hip"))
+
+
+# -------------------------------------------------------------------------------- label remap
+def test_remap_labels_to_unified_ids():
+    hip = _spec().by_name("hip")  # original femur 1 -> unified 3
+    arr = np.array([[[0, 1], [1, 0]]], dtype=np.uint8)
+    out = remap_labels(arr, hip.original_to_unified())
+    np.testing.assert_array_equal(out, [[[0, 3], [3, 0]]])
+    assert out.dtype == np.uint8
+    knee = _spec().by_name("knee")
+    np.testing.assert_array_equal(remap_labels(np.array([2, 0, 1]), knee.original_to_unified()), [2, 0, 1])
+
+
+def test_remap_labels_refuses_undeclared_ids():
+    with pytest.raises(InputDataError, match=r"label ids \[2\]"):
+        remap_labels(np.array([0, 1, 2]), _spec().by_name("hip").original_to_unified())
+
+
+def test_unify_individual_prediction_keeps_geometry(tmp_path):
+    arr = np.zeros((2, 3, 4), dtype=np.uint8)
+    arr[0, 1, 2] = 1
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.5, 0.7, 3.0))
+    img.SetOrigin((1.0, 2.0, 3.0))
+    sitk.WriteImage(img, str(tmp_path / "h0.nii.gz"))
+    unify_individual_prediction(tmp_path / "h0.nii.gz", tmp_path / "hip_h0.nii.gz", _spec().by_name("hip"))
+    out = sitk.ReadImage(str(tmp_path / "hip_h0.nii.gz"))
+    got = sitk.GetArrayFromImage(out)
+    assert got[0, 1, 2] == 3 and got.sum() == 3
+    assert out.GetSpacing() == pytest.approx((0.5, 0.7, 3.0))
+    assert out.GetOrigin() == pytest.approx((1.0, 2.0, 3.0))
+
+
+# ----------------------------------------------------------------------------- training state
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("x")
+
+
+def test_training_status_and_commands(tmp_path):
+    fd = tmp_path / "fold_0"
+    assert training_status(fd) == "new"
+    _touch(fd / "checkpoint_best.pth")
+    assert training_status(fd) == "resume"
+    _touch(fd / "checkpoint_final.pth")
+    assert training_status(fd, ["a", "b"]) == "validate"
+    _touch(fd / "validation" / "a.nii.gz")
+    _touch(fd / "validation" / "summary.json")
+    assert training_status(fd, ["a", "b"]) == "validate"  # case b still missing
+    _touch(fd / "validation" / "b.nii.gz")
+    assert training_status(fd, ["a", "b"]) == "done"
+    base = ["nnUNetv2_train", "Dataset950_X", "2d", "1", "-tr", "T", "-p", "nnUNetPlans_study", "-device", "cpu"]
+    assert train_command("Dataset950_X", 1, "T", "new") == base
+    assert train_command("Dataset950_X", 1, "T", "resume") == [*base, "--c"]
+    assert train_command("Dataset950_X", 1, "T", "validate") == [*base, "--val"]
+    with pytest.raises(ValueError):
+        train_command("Dataset950_X", 1, "T", "done")
+
+
+def test_epoch_times_from_training_logs(tmp_path):
+    (tmp_path / "training_log_2024_1_1_10_00_00.txt").write_text(
+        "2024-01-01 10:00:01: Epoch 0\n2024-01-01 10:00:09: Epoch time: 8.5 s\n...\nEpoch time: 7.25 s\n")
+    (tmp_path / "training_log_2024_1_1_11_00_00.txt").write_text("x: Epoch time: 6.0 s\n")
+    assert epoch_times(tmp_path) == [8.5, 7.25, 6.0]
+
+
+def test_state_resume_and_config_check(tmp_path):
+    st = StudyState(tmp_path / "state.json")
+    st.set_config({"budget": {"iterations": 10, "epochs": 2}, "sources": ["A", "B"]})
+    st.mark_done("prepare", seconds=3)
+    st.add_seconds("train:fold0:DSL:D", 10.0)
+    st.add_seconds("train:fold0:DSL:D", 5.5)
+    st.add_command("nnUNetv2_train x")
+    st.add_command("nnUNetv2_train x")
+    again = StudyState(tmp_path / "state.json")  # what a re-run sees
+    assert again.is_done("prepare") and not again.is_done("train:fold0:DSL:D")
+    assert again.data["seconds"]["train:fold0:DSL:D"] == 15.5
+    assert again.data["commands"] == ["nnUNetv2_train x"]
+    again.set_config({"budget": {"iterations": 10, "epochs": 2}, "sources": ["A", "B"]})  # same: accepted
+    with pytest.raises(InputDataError, match=r"budget.iterations: recorded 10, now 20"):
+        again.set_config({"budget": {"iterations": 20, "epochs": 2}, "sources": ["A", "B"]})
+    again.unmark("prepare")
+    assert not StudyState(tmp_path / "state.json").is_done("prepare")
+
+
+def test_config_differences():
+    assert config_differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 4}) == [
+        "b.c: recorded 2, now 3", "d: recorded None, now 4"]
+
+
+# ------------------------------------------------------------------------------------ plans
+def _plans() -> dict:
+    ak = {"n_stages": 6, "features_per_stage": [32, 64, 128, 256, 512, 512], "kernel_sizes": [[3, 3]] * 6,
+          "strides": [[1, 1]] + [[2, 2]] * 5, "n_conv_per_stage": [2] * 6, "n_conv_per_stage_decoder": [2] * 5,
+          "norm_op": "x.DomainSpecificBatchNorm2d", "domain_label_ids": [[1], [2]]}
+    conf = {"data_identifier": "nnUNetPlans_2d", "batch_size": 26, "patch_size": [192, 192], "spacing": [2.0, 2.0],
+            "median_image_size_in_voxels": [175.0, 175.0],
+            "architecture": {"network_class_name": "a.B", "arch_kwargs": ak}}
+    return {"plans_name": "nnUNetPlans", "configurations": {"2d": conf, "3d_fullres": {"x": 1}}}
+
+
+@pytest.mark.parametrize(
+    "patch, max_features, n_stages, features",
+    [
+        (64, 512, 5, [32, 64, 128, 256, 512]),  # pools at 64, 32, 16, 8 (feature maps stay >= 4)
+        (48, 512, 4, [32, 64, 128, 256]),  # pools at 48, 24, 12; 6 < 8 stops
+        (64, 128, 5, [32, 64, 128, 128, 128]),
+        (16, 32, 3, [32, 32, 32]),
+    ],
+)
+def test_coarse_2d_plans(patch, max_features, n_stages, features):
+    src = _plans()
+    b = StudyBudget(spacing_mm=4.0, patch_size=patch, batch_size=12, max_features=max_features)
+    out = coarse_2d_plans(src, b)
+    assert src["configurations"]["2d"]["patch_size"] == [192, 192]  # input untouched
+    assert list(out["configurations"]) == ["2d"] and out["plans_name"] == "nnUNetPlans_study"
+    c = out["configurations"]["2d"]
+    assert c["spacing"] == [4.0, 4.0] and c["patch_size"] == [patch, patch] and c["batch_size"] == 12
+    assert c["data_identifier"] == "nnUNetPlans_study_2d"
+    assert c["median_image_size_in_voxels"] == [87.5, 87.5]  # 175 voxels of 2 mm = 87.5 of 4 mm
+    ak = c["architecture"]["arch_kwargs"]
+    assert ak["n_stages"] == n_stages and ak["features_per_stage"] == features
+    assert ak["strides"] == [[1, 1]] + [[2, 2]] * (n_stages - 1)
+    assert ak["kernel_sizes"] == [[3, 3]] * n_stages
+    assert ak["n_conv_per_stage"] == [2] * n_stages and ak["n_conv_per_stage_decoder"] == [2] * (n_stages - 1)
+    assert ak["domain_label_ids"] == [[1], [2]] and ak["norm_op"] == "x.DomainSpecificBatchNorm2d"
+
+
+def test_coarse_2d_plans_refuses_a_patch_nnunet_would_pad():
+    with pytest.raises(InputDataError, match="--patch-size 60"):
+        coarse_2d_plans(_plans(), StudyBudget(patch_size=60))
+
+
+# ----------------------------------------------------------------------------------- sources
+def test_find_sources_domain_names(tmp_path):
+    for i, name in enumerate(("LumbarVertebraeMR", "Hip_MR")):
+        make_raw_dataset(tmp_path, 901 + i, name, ["a"], n_cases=1, shape=(2, 8, 8))
+    got = find_sources(tmp_path)
+    assert [s.domain for s in got] == ["lumbar", "HipMR"]  # the real dataset's name; derived from the name
+    assert [s.dataset_id for s in got] == [901, 902]
+    assert [s.domain for s in find_sources(tmp_path, ["spine", "hip"])] == ["spine", "hip"]
+    with pytest.raises(InputDataError, match="gives 1 names"):
+        find_sources(tmp_path, ["spine"])
+    with pytest.raises(InputDataError, match="does not exist"):
+        find_sources(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------------------ study options
+def test_study_takes_recorded_options_and_refuses_a_different_budget(tmp_path):
+    from nnunetv2_mtmd.study import Study, StudyOptions, study_command
+
+    src = _sources(tmp_path, n_cases=1)
+    work = tmp_path / "work"
+    first = Study(StudyOptions(work, sources_dir=src, schemes=["Individual", "DSL"], folds=[1],
+                               budget={"iterations": 4, "epochs": 2}, report=tmp_path / "docs" / "results.md"))
+    first.run("report")  # records the configuration; nothing evaluated yet, so no report
+    assert not first.report_path.exists()
+    again = Study(StudyOptions(work))  # a plain re-run: sources, schemes, folds, budget, report as recorded
+    assert again.sources_dir == src.resolve() and again.schemes == ["Individual", "DSL"] and again.folds == [1]
+    assert (again.budget.iterations, again.budget.epochs, again.budget.batch_size) == (4, 2, 12)
+    assert study_command(again)[3:] == [
+        "--workdir", str(work.resolve()), "--sources", str(src.resolve()), "--domains", "Ankle", "Knee", "Shoulder",
+        "--folds", "1", "--schemes", "Individual", "DSL", "--iterations", "4", "--epochs", "2",
+        "--val-iterations", "4", "--ae-iterations", "500", "--batch-size", "12", "--spacing", "4",
+        "--patch-size", "64", "--max-features", "512", "--report", str((tmp_path / "docs" / "results.md").resolve())]
+    other = Study(StudyOptions(work, budget={"iterations": 6, "epochs": 2}))
+    with pytest.raises(InputDataError, match="budget.iterations: recorded 4, now 6"):
+        other.run("report")
+    assert "study stage 'report'" in (work / "study_log.txt").read_text()
+
+
+# ------------------------------------------------------------------------------------ report
+def _stat(mean, std, n=2, undef=0):
+    return {"mean": mean, "std": std, "n": n, "n_undefined": undef}
+
+
+def test_metric_and_ks_tables():
+    spec = _spec()
+
+    def summary(v):
+        return {"domains": {
+            "knee": {"structures": {"femur": {"dice": _stat(v, 0.1)}, "tibia": {"dice": _stat(0.5, 0.0)}},
+                     "mean": {"dice": _stat(0.6, 0.2)}},
+            "hip": {"structures": {"femur": {"dice": _stat(0.9, 0.05)}}, "mean": {"dice": _stat(0.9, 0.05)}}}}
+
+    text = metric_table({"Individual": summary(0.7), "DSL_MSC": summary(0.8)}, "dice", spec)
+    lines = text.splitlines()
+    assert lines[0] == "| Domain | Structure | Individual | DSL+MSC |"
+    assert lines[2] == "| knee | femur | 0.700 ± 0.100 | 0.800 ± 0.100 |"
+    assert lines[4] == "| knee | **mean** | 0.600 ± 0.200 | 0.600 ± 0.200 |"
+    assert lines[6] == "| hip | **mean** | 0.900 ± 0.050 | 0.900 ± 0.050 |"
+    assert domain_mean_dice(summary(0.7)) == pytest.approx(0.75)  # (0.6 + 0.9) / 2
+    cj = {"reference_method": "Individual", "rows": [
+        {"method": "Individual", "group": "pooled", "n_slices": 10, "mean": 0.5, "p16": 0.1, "p84": 0.9,
+         "ks_statistic": None, "ks_pvalue": None},
+        {"method": "DSL", "group": "pooled", "n_slices": 10, "mean": 0.6, "p16": 0.2, "p84": 0.95,
+         "ks_statistic": 0.3, "ks_pvalue": 0.0001234}]}
+    ks = ks_table(cj).splitlines()
+    assert ks[2] == "| Individual | 0.500 [0.100, 0.900] / (reference) |"
+    assert ks[3] == "| DSL | 0.600 [0.200, 0.950] / D=0.300, p=1.23e-04 |"
+
+
+# ---------------------------------------------------------------------------------- trainers
+def test_study_trainers_match_the_scheme_table_and_apply_the_budget():
+    from nnunetv2_mtmd.training.trainers import __all__ as exported
+    from nnunetv2_mtmd.training.trainers.study import STUDY_TRAINERS, apply_study_budget
+
+    assert set(SCHEME_TRAINERS.values()) == {c.__name__ for c in STUDY_TRAINERS.values()}
+    assert set(SCHEME_TRAINERS.values()) <= set(exported)  # what nnU-Net's trainer lookup sees
+    logged = []
+    t = SimpleNamespace(ae_iterations=500, print_to_log_file=lambda *a: logged.append(a))
+    apply_study_budget(t, 3, StudyBudget(iterations=100, epochs=5, val_iterations=2, ae_iterations=30))
+    assert (t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch) == (5, 60, 6)
+    assert (t.save_every, t.ae_iterations) == (1, 30)
+    stock = SimpleNamespace(print_to_log_file=lambda *a: None)
+    apply_study_budget(stock, 1, StudyBudget(iterations=100, epochs=5))
+    assert (stock.num_iterations_per_epoch, stock.num_val_iterations_per_epoch) == (20, 4)
+    assert not hasattr(stock, "ae_iterations") and logged
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def _cli(args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "nnunetv2_mtmd.cli.study", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, stdin=subprocess.DEVNULL, cwd=REPO)
+
+
+def _sources(root: Path, n_cases: int = 5) -> Path:
+    src = root / "sources"
+    for i, (name, labels) in enumerate((("Ankle", ["calcaneus", "talus"]), ("Knee", ["femur"]),
+                                        ("Shoulder", ["humerus", "scapula"]))):
+        make_raw_dataset(src, 901 + i, name, labels, n_cases=n_cases, shape=(4, 24, 24), seed=i)
+    return src
+
+
+def test_cli_dry_run_prints_commands_and_writes_nothing(tmp_path):
+    src = _sources(tmp_path, n_cases=1)
+    work = tmp_path / "work"
+    proc = _cli(["--workdir", str(work), "--sources", str(src), "--folds", "1", "--schemes", "Individual", "DSL",
+                 "--iterations", "4", "--epochs", "2", "--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "nnUNetv2_mtmd_merge -d" in out and "--domains Ankle Knee Shoulder -o 950" in out
+    assert "nnUNetv2_preprocess -d 901 902 903 950 -plans_name nnUNetPlans_study -c 2d" in out
+    assert "nnUNetv2_train Dataset902_Knee 2d 1 -tr nnUNetTrainer_study -p nnUNetPlans_study -device cpu" in out
+    assert "nnUNetv2_train Dataset950_MSKBonesMR 2d 1 -tr nnUNetTrainerMTMD_DSL_study" in out
+    assert "nnUNetv2_mtmd_embeddings -d Dataset950_MSKBonesMR" in out
+    assert not work.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workdir", str(REPO / "study_here")], "inside the repository"),
+        (["--schemes", "DSL", "Fancy"], "Unknown scheme(s) ['Fancy']"),
+        (["--folds", "5"], "Folds must be 0..4"),
+        (["--iterations", "10", "--epochs", "3"], "multiple of --epochs"),
+    ],
+)
+def test_cli_refuses_bad_options(tmp_path, args, message):
+    src = _sources(tmp_path, n_cases=1)
+    base = ["--workdir", str(tmp_path / "w"), "--sources", str(src), "--dry-run"]
+    proc = _cli([*base, *args])
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_cli_missing_real_data_is_a_clear_error(tmp_path):
+    proc = _cli(["--workdir", str(tmp_path / "w"), "--sources", str(tmp_path / "realdata"), "--dry-run"])
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr and "--sources" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------- smoke
+@pytest.mark.slow
+def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
+    """prepare -> train (Individual x3, DSL, DSL+MSC; 1 fold, 2 iterations) -> evaluate -> report; then a
+    second run finds everything done. results.md must hold the numbers of the evaluation files."""
+    from nnunetv2_mtmd.evaluation.evaluate import format_stat
+
+    src = _sources(tmp_path)
+    work = tmp_path / "work"
+    report = tmp_path / "docs" / "results.md"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("nnUNet_n_proc_DA", None)
+    args = ["--workdir", str(work), "--sources", str(src), "--domains", "ankle", "knee", "shoulder", "--folds", "0",
+            "--schemes", "Individual", "DSL", "DSL_MSC", "--iterations", "2", "--epochs", "1", "--val-iterations", "1",
+            "--ae-iterations", "2",
+            "--batch-size", "6", "--spacing", "1", "--patch-size", "16", "--max-features", "32", "-np", "1",
+            "--n-proc-da", "0", "--skip-verify", "--report", str(report)]
+    proc = _cli(args, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    state = json.loads((work / "state.json").read_text())
+    train_keys = sorted(k for k in state["done"] if k.startswith("train:"))
+    assert train_keys == ["train:fold0:DSL:Dataset950_MSKBonesMR", "train:fold0:DSL_MSC:Dataset950_MSKBonesMR",
+                          "train:fold0:Individual:Dataset901_Ankle", "train:fold0:Individual:Dataset902_Knee",
+                          "train:fold0:Individual:Dataset903_Shoulder"]
+    # Individual splits hold out the merged split's cases of their domain
+    merged = json.loads((work / "nnUNet_preprocessed" / "Dataset950_MSKBonesMR" / "splits_final.json").read_text())
+    knee = json.loads((work / "nnUNet_preprocessed" / "Dataset902_Knee" / "splits_final.json").read_text())
+    assert knee[0]["val"] == sorted(c[5:] for c in merged[0]["val"] if c.startswith("knee_"))
+    # Individual predictions were gathered in the unified label space (knee femur = unified 3)
+    knee_case = next(c for c in merged[0]["val"] if c.startswith("knee_"))
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "predictions" / "Individual" / f"{knee_case}.nii.gz")))
+    assert set(np.unique(pred)) <= {0, 3}
+    # same budget: the Individual model ran 2 iterations, the multi-domain ones 3 x 2
+    plans = json.loads((work / "nnUNet_preprocessed" / "Dataset950_MSKBonesMR" / "nnUNetPlans_study.json").read_text())
+    assert plans["configurations"]["2d"]["patch_size"] == [16, 16]
+    log = next((work / "nnUNet_results" / "Dataset950_MSKBonesMR" / "nnUNetTrainerMTMD_DSL_study__nnUNetPlans_study__2d"
+                / "fold_0").glob("training_log_*.txt")).read_text()
+    assert "1 epochs x 6 iterations = 6 iterations" in log
+
+    text = report.read_text()
+    assert "## Results without post-processing" in text and "## Results with the paper's post-processing" in text
+    assert "To be written by a human" in text
+    for scheme in ("Individual", "DSL", "DSL_MSC"):
+        summ = json.loads((work / "evaluation" / scheme / "raw" / "summary.json").read_text())
+        cell = format_stat(summ["domains"]["ankle"]["structures"]["talus"]["dice"], "dice")
+        assert cell in text
+    compare = json.loads((work / "evaluation" / "compare_raw" / "compare.json").read_text())
+    assert compare["reference_method"] == "Individual"
+    pooled = next(r for r in compare["rows"] if r["method"] == "DSL" and r["group"] == "pooled")
+    assert f"{pooled['mean']:.3f} [{pooled['p16']:.3f}, {pooled['p84']:.3f}]" in text
+    evaluated = json.loads((work / "evaluation" / "evaluated.json").read_text())
+    assert evaluated["folds"] == [0] and evaluated["best_multi_domain"] in ("DSL", "DSL_MSC")
+    assert list((report.parent / "results").glob("tsne_*.png"))
+
+    # resume with the recorded options: nothing is trained or evaluated again
+    proc = _cli(["--workdir", str(work)], env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("done (skipped)") == 5
+    assert "already evaluated (skipped)" in proc.stderr
+    again = json.loads((work / "state.json").read_text())
+    assert again["seconds"] == state["seconds"] and again["commands"] == state["commands"]
