@@ -418,7 +418,7 @@ def test_cli_missing_real_data_is_a_clear_error(tmp_path):
 # ------------------------------------------------------------------------------------- smoke
 @pytest.mark.slow
 def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
-    """prepare -> train (Individual x3, DSL, DSL+MSC; 1 fold, 2 iterations) -> evaluate -> report; then a
+    """prepare -> train (Individual x3, DSL; 1 fold, 2 iterations) -> evaluate -> report; then a
     second run finds everything done. results.md must hold the numbers of the evaluation files."""
     from nnunetv2_mtmd.evaluation.evaluate import format_stat
 
@@ -428,7 +428,7 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("nnUNet_n_proc_DA", None)
     args = ["--workdir", str(work), "--sources", str(src), "--domains", "ankle", "knee", "shoulder", "--folds", "0",
-            "--schemes", "Individual", "DSL", "DSL_MSC", "--iterations", "2", "--epochs", "1", "--val-iterations", "1",
+            "--schemes", "Individual", "DSL", "--iterations", "2", "--epochs", "1", "--val-iterations", "1",
             "--ae-iterations", "2",
             "--batch-size", "6", "--spacing", "1", "--patch-size", "16", "--max-features", "32", "-np", "1",
             "--n-proc-da", "0", "--skip-verify", "--report", str(report)]
@@ -437,7 +437,7 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
 
     state = json.loads((work / "state.json").read_text())
     train_keys = sorted(k for k in state["done"] if k.startswith("train:"))
-    assert train_keys == ["train:fold0:DSL:Dataset950_MSKBonesMR", "train:fold0:DSL_MSC:Dataset950_MSKBonesMR",
+    assert train_keys == ["train:fold0:DSL:Dataset950_MSKBonesMR",
                           "train:fold0:Individual:Dataset901_Ankle", "train:fold0:Individual:Dataset902_Knee",
                           "train:fold0:Individual:Dataset903_Shoulder"]
     # Individual splits hold out the merged split's cases of their domain
@@ -458,7 +458,7 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     text = report.read_text()
     assert "## Results without post-processing" in text and "## Results with the paper's post-processing" in text
     assert "To be written by a human" in text
-    for scheme in ("Individual", "DSL", "DSL_MSC"):
+    for scheme in ("Individual", "DSL"):
         summ = json.loads((work / "evaluation" / scheme / "raw" / "summary.json").read_text())
         cell = format_stat(summ["domains"]["ankle"]["structures"]["talus"]["dice"], "dice")
         assert cell in text
@@ -467,13 +467,13 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     pooled = next(r for r in compare["rows"] if r["method"] == "DSL" and r["group"] == "pooled")
     assert f"{pooled['mean']:.3f} [{pooled['p16']:.3f}, {pooled['p84']:.3f}]" in text
     evaluated = json.loads((work / "evaluation" / "evaluated.json").read_text())
-    assert evaluated["folds"] == [0] and evaluated["best_multi_domain"] in ("DSL", "DSL_MSC")
+    assert evaluated["folds"] == [0] and evaluated["best_multi_domain"] == "DSL"
     assert list((report.parent / "results").glob("tsne_*.png"))
 
     # resume with the recorded options: nothing is trained or evaluated again
     proc = _cli(["--workdir", str(work)], env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("done (skipped)") == 5
+    assert proc.stderr.count("done (skipped)") == 4
     assert "already evaluated (skipped)" in proc.stderr
     again = json.loads((work / "state.json").read_text())
     assert again["seconds"] == state["seconds"] and again["commands"] == state["commands"]
