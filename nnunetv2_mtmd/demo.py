@@ -144,6 +144,15 @@ def set_batch_size(plans_file: Path, batch_size: int) -> int:
     return planned
 
 
+def _label_cmap(max_label: int):
+    """Colormap with index i = unified label i; colours are vivid and repeat only after 12 labels."""
+    from matplotlib.colors import ListedColormap
+
+    vivid = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
+             "#bfef45", "#fabed4", "#469990", "#dcbeff"]
+    return ListedColormap(["#000000"] + [vivid[i % len(vivid)] for i in range(max_label)])
+
+
 def dice_table(metrics_csv: Path) -> dict[str, dict[str, list[float]]]:
     """``{domain: {structure: [dice per case]}}`` from evaluate's metrics.csv."""
     import csv
@@ -187,12 +196,13 @@ def plot_examples(inputs: Path, pred: Path, ref: Path, path: Path) -> None:
         pr = sitk.GetArrayFromImage(sitk.ReadImage(str(pred / f"{case}.nii.gz")))
         zs = np.where(gt.reshape(gt.shape[0], -1).any(1))[0]
         z = int(zs[len(zs) // 2]) if len(zs) else gt.shape[0] // 2
-        vmax = max(int(gt.max()), int(pr.max()), 1)
+        # One vivid colour per unified label: tab10's grey and olive vanish on a grey MR image.
+        cmap = _label_cmap(max(int(gt.max()), int(pr.max()), 1))
         for col, (title, lab) in enumerate((("image", None), ("ground truth", gt), ("prediction", pr))):
             ax = axes[row, col]
             ax.imshow(img[z], cmap="gray")
             if lab is not None:
-                ax.imshow(np.ma.masked_equal(lab[z], 0), cmap="tab10", vmin=0, vmax=max(vmax, 9), alpha=0.5,
+                ax.imshow(np.ma.masked_equal(lab[z], 0), cmap=cmap, vmin=0, vmax=cmap.N - 1, alpha=0.55,
                           interpolation="nearest")
             ax.set_title(f"{dom} {case.split('_', 1)[1]}: {title}" if col == 0 else title, fontsize=9)
             ax.axis("off")

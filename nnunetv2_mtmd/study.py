@@ -125,6 +125,7 @@ class StudyBudget:
     much as the K Individual models together. Both run ``epochs`` epochs (same poly learning-rate
     schedule), with ``val_iterations`` (times K) pseudo-Dice batches per epoch. ``ae_iterations``:
     MJAP's label-autoencoder phase. The plans part (``spacing_mm``, ``patch_size``, ``batch_size``,
+    ``max_features``, ``base_features``: features of the first stage, doubled per stage up to
     ``max_features``) is written into every dataset's ``2d`` configuration by :func:`coarse_2d_plans`.
     """
 
@@ -136,6 +137,7 @@ class StudyBudget:
     spacing_mm: float = 4.0
     patch_size: int = 64
     max_features: int = 512
+    base_features: int = 32
 
     def validate(self, num_domains: int | None = None) -> StudyBudget:
         """Raise :class:`InputDataError` for unusable values; returns ``self``."""
@@ -144,7 +146,7 @@ class StudyBudget:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise InputDataError(f"Budget value {f.name} must be a number, found {v!r}.")
         ints = {"iterations": 1, "epochs": 1, "val_iterations": 1, "ae_iterations": 0, "batch_size": 1,
-                "patch_size": 8, "max_features": 1}
+                "patch_size": 8, "max_features": 1, "base_features": 1}
         for name, low in ints.items():
             v = getattr(self, name)
             if int(v) != v or v < low:
@@ -344,7 +346,7 @@ def coarse_2d_plans(plans: Mapping[str, Any], budget: StudyBudget, plans_name: s
         )
     n = len(strides)
     ak = conf["architecture"]["arch_kwargs"]
-    base = int(ak["features_per_stage"][0])
+    base = int(budget.base_features)
     old_spacing = conf["spacing"]
     conf["median_image_size_in_voxels"] = [
         round(float(m) * float(s) / budget.spacing_mm, 1) for m, s in zip(conf["median_image_size_in_voxels"],
@@ -829,7 +831,7 @@ class Study:
         if not st.is_done("plans_variant"):
             self.note(f"write {PLANS_NAME}.json next to every nnUNetPlans.json: 2d with in-plane spacing "
                       f"{self.budget.spacing_mm} mm, patch {self.budget.patch_size}^2, batch {self.budget.batch_size}, "
-                      f"at most {self.budget.max_features} features")
+                      f"{self.budget.base_features} features in the first stage, at most {self.budget.max_features}")
             if not self.dry:
                 planned = {}
                 for name in [s.name for s in srcs] + [self.merged]:
@@ -1245,7 +1247,7 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
     plans = st["done"].get("plans_variant", {}).get("plans", {})
     add(f"- 2D configuration of every dataset (plans `{PLANS_NAME}`): in-plane spacing {b.spacing_mm} mm, patch "
         f"{b.patch_size} x {b.patch_size}, batch size {b.batch_size} (multi-domain: {b.batch_size // study.k} per "
-        f"domain), at most {b.max_features} features per stage.")
+        f"domain), {b.base_features} features in the first stage doubling to at most {b.max_features}.")
     for name, p in plans.items():
         add(f"  - {name}: nnU-Net planned spacing {p['planned']['spacing']}, patch {p['planned']['patch_size']}, "
             f"batch {p['planned']['batch_size']}, {p['planned']['n_stages']} stages; study: "
@@ -1397,7 +1399,8 @@ def study_command(study: Study) -> list[str]:
            *map(str, study.eval_folds), "--schemes", *study.eval_schemes]
     cmd += ["--iterations", str(b.iterations), "--epochs", str(b.epochs), "--val-iterations", str(b.val_iterations),
             "--ae-iterations", str(b.ae_iterations), "--batch-size", str(b.batch_size), "--spacing",
-            f"{b.spacing_mm:g}", "--patch-size", str(b.patch_size), "--max-features", str(b.max_features)]
+            f"{b.spacing_mm:g}", "--patch-size", str(b.patch_size), "--max-features", str(b.max_features),
+            "--base-features", str(b.base_features)]
     return [*cmd, "--report", str(study.report_path)]
 
 

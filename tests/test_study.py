@@ -246,17 +246,18 @@ def _plans() -> dict:
 
 
 @pytest.mark.parametrize(
-    "patch, max_features, n_stages, features",
+    "patch, base, max_features, n_stages, features",
     [
-        (64, 512, 5, [32, 64, 128, 256, 512]),  # pools at 64, 32, 16, 8 (feature maps stay >= 4)
-        (48, 512, 4, [32, 64, 128, 256]),  # pools at 48, 24, 12; 6 < 8 stops
-        (64, 128, 5, [32, 64, 128, 128, 128]),
-        (16, 32, 3, [32, 32, 32]),
+        (64, 32, 512, 5, [32, 64, 128, 256, 512]),  # pools at 64, 32, 16, 8 (feature maps stay >= 4)
+        (48, 32, 512, 4, [32, 64, 128, 256]),  # pools at 48, 24, 12; 6 < 8 stops
+        (64, 32, 128, 5, [32, 64, 128, 128, 128]),
+        (64, 16, 128, 5, [16, 32, 64, 128, 128]),
+        (16, 32, 32, 3, [32, 32, 32]),
     ],
 )
-def test_coarse_2d_plans(patch, max_features, n_stages, features):
+def test_coarse_2d_plans(patch, base, max_features, n_stages, features):
     src = _plans()
-    b = StudyBudget(spacing_mm=4.0, patch_size=patch, batch_size=12, max_features=max_features)
+    b = StudyBudget(spacing_mm=4.0, patch_size=patch, batch_size=12, max_features=max_features, base_features=base)
     out = coarse_2d_plans(src, b)
     assert src["configurations"]["2d"]["patch_size"] == [192, 192]  # input untouched
     assert list(out["configurations"]) == ["2d"] and out["plans_name"] == "nnUNetPlans_study"
@@ -308,7 +309,8 @@ def test_study_takes_recorded_options_and_refuses_a_different_budget(tmp_path):
         "--workdir", str(work.resolve()), "--sources", str(src.resolve()), "--domains", "Ankle", "Knee", "Shoulder",
         "--folds", "1", "--schemes", "Individual", "DSL", "--iterations", "4", "--epochs", "2",
         "--val-iterations", "4", "--ae-iterations", "500", "--batch-size", "12", "--spacing", "4",
-        "--patch-size", "64", "--max-features", "512", "--report", str((tmp_path / "docs" / "results.md").resolve())]
+        "--patch-size", "64", "--max-features", "512", "--base-features", "32",
+        "--report", str((tmp_path / "docs" / "results.md").resolve())]
     other = Study(StudyOptions(work, budget={"iterations": 6, "epochs": 2}))
     with pytest.raises(InputDataError, match="budget.iterations: recorded 4, now 6"):
         other.run("report")

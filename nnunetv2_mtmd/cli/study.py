@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patch-size", type=int, default=None, help=f"square 2D patch size ({b.patch_size})")
     g.add_argument("--max-features", type=int, default=None,
                    help=f"maximum features per network stage ({b.max_features})")
+    g.add_argument("--base-features", type=int, default=None,
+                   help=f"features of the first network stage, doubled per stage up to --max-features "
+                        f"(nnU-Net: 32) ({b.base_features})")
     p.add_argument("--merged-id", type=int, default=MERGED_ID, help="id of the merged dataset")
     p.add_argument("--merged-name", default=MERGED_NAME, help="name of the merged dataset")
     p.add_argument("-np", dest="num_processes", type=int, default=2,
@@ -87,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 _BUDGET_ARGS = {"iterations": "iterations", "epochs": "epochs", "val_iterations": "val_iterations",
                 "ae_iterations": "ae_iterations", "batch_size": "batch_size", "spacing": "spacing_mm",
-                "patch_size": "patch_size", "max_features": "max_features"}
+                "patch_size": "patch_size", "max_features": "max_features",
+                "base_features": "base_features"}
 
 
 def _main(argv: Sequence[str] | None) -> int:
