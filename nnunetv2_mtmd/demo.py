@@ -4,9 +4,10 @@ per-structure Dice, a markdown report and a PNG of example slices.
 
 Every step runs the real console script in a subprocess, with its own ``nnUNet_raw`` /
 ``nnUNet_preprocessed`` / ``nnUNet_results`` under the output folder, and the command is printed, so
-the demo doubles as a worked example of the workflow. The only change to what nnU-Net plans is the
-batch size (``--batch_size``, default 6 = 2 per domain), set in nnUNetPlans.json after planning so
-that CPU training fits the time budget; the report says so.
+the demo doubles as a worked example of the workflow. The only changes to what nnU-Net plans are the
+batch size (``--batch_size``, default 6 = 2 per domain) and the network width (``--base_features``,
+default 16 instead of 32 features in the first stage), set in nnUNetPlans.json after planning so that
+CPU training fits the time budget; the report says so.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ SOURCE_IDS = (911, 912, 913)
 MERGED_ID = 960
 MERGED_NAME = "SynthJoints"
 DEFAULT_TRAINER = "nnUNetTrainerMTMD_demo"
+#: First-stage features of the demo network (nnU-Net plans 32): half the width, a quarter of the
+#: compute, so that the demo trains 4x more iterations in its CPU budget.
+DEFAULT_BASE_FEATURES = 16
 
 
 @dataclass
@@ -81,11 +85,16 @@ class Runner:
 
 
 def run_demo(out: Path, cases: int = 10, test_cases: int = 4, seed: int = 0, trainer: str = DEFAULT_TRAINER,
-             batch_size: int = 6, n_proc_da: int = 1, overwrite: bool = False) -> DemoResult:
+             batch_size: int = 6, n_proc_da: int = 1, overwrite: bool = False,
+             base_features: int | None = DEFAULT_BASE_FEATURES) -> DemoResult:
     """Run the whole demo into ``out`` and return the evaluation summary."""
     from nnunetv2_mtmd.conversion.synthetic import write_synthetic_datasets
 
     out = Path(out).resolve()
+    if batch_size < 3 or batch_size % 3:
+        raise InputDataError(f"--batch_size must be a positive multiple of the 3 domains, found {batch_size}.")
+    if base_features is not None and base_features < 1:
+        raise InputDataError(f"--base_features must be >= 1, found {base_features}.")
     if out.exists():
         if not overwrite:
             raise OutputExistsError(f"Demo output folder {out} exists. Pass --overwrite or choose another --out.")
@@ -104,8 +113,9 @@ def run_demo(out: Path, cases: int = 10, test_cases: int = 4, seed: int = 0, tra
     run("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(MERGED_ID), "-pl", "nnUNetPlannerMTMD",
                                 "-c", "2d", "-np", "2", "--verify_dataset_integrity"])
     plans_file = out / "nnUNet_preprocessed" / f"Dataset{MERGED_ID}_{MERGED_NAME}" / "nnUNetPlans.json"
-    planned_bs = set_batch_size(plans_file, batch_size)
-    print(f"[demo] batch size {planned_bs} (planned) -> {batch_size} ({batch_size // 3} per domain) for CPU")
+    planned_bs, planned_f, features = set_batch_size(plans_file, batch_size, base_features)
+    print(f"[demo] batch size {planned_bs} (planned) -> {batch_size} ({batch_size // 3} per domain), features per "
+          f"stage {planned_f} (planned) -> {features}, for CPU")
     run("train", ["nnUNetv2_train", str(MERGED_ID), "2d", "all", "-tr", trainer, "-device", "cpu"], train=True)
 
     # New cases arrive as ordinary single-domain images: add the code channel per domain.
@@ -129,19 +139,27 @@ def run_demo(out: Path, cases: int = 10, test_cases: int = 4, seed: int = 0, tra
     dice = dice_table(out / "evaluation" / "metrics.csv")
     example_png = out / "examples.png"
     plot_examples(inputs, pred, merged / "labelsTs", example_png)
-    write_report(out, dice, run.seconds, trainer, planned_bs, batch_size, cases, test_cases)
+    write_report(out, dice, run.seconds, trainer, planned_bs, batch_size, cases, test_cases, planned_f, features)
     print("\n" + format_dice_table(dice))
     print(f"\n[demo] report: {out / 'report.md'}  examples: {example_png}  total {run.seconds['total'] / 60:.1f} min")
     return DemoResult(out, summary, run.seconds)
 
 
-def set_batch_size(plans_file: Path, batch_size: int) -> int:
-    """Set the 2d batch size in a plans file; returns the planned one."""
+def set_batch_size(plans_file: Path, batch_size: int, base_features: int | None = None) -> tuple[int, list, list]:
+    """Set the 2d batch size (and, with ``base_features``, the network width: ``base * 2**stage``,
+    capped at the planned maximum) in a plans file. Returns the planned batch size and the planned and
+    new features per stage."""
     plans = json.loads(plans_file.read_text())
-    planned = plans["configurations"]["2d"]["batch_size"]
-    plans["configurations"]["2d"]["batch_size"] = int(batch_size)
+    conf = plans["configurations"]["2d"]
+    planned = conf["batch_size"]
+    conf["batch_size"] = int(batch_size)
+    ak = conf["architecture"]["arch_kwargs"]
+    planned_features = list(ak["features_per_stage"])
+    if base_features is not None:
+        cap = max(planned_features)
+        ak["features_per_stage"] = [min(cap, int(base_features) * 2 ** i) for i in range(len(planned_features))]
     plans_file.write_text(json.dumps(plans, indent=2))
-    return planned
+    return planned, planned_features, list(ak["features_per_stage"])
 
 
 def _label_cmap(max_label: int):
@@ -154,14 +172,18 @@ def _label_cmap(max_label: int):
 
 
 def dice_table(metrics_csv: Path) -> dict[str, dict[str, list[float]]]:
-    """``{domain: {structure: [dice per case]}}`` from evaluate's metrics.csv."""
+    """``{domain: {structure: [dice per case]}}`` from evaluate's metrics.csv; undefined Dice values
+    (structure absent from reference and prediction: empty or NaN) are left out."""
     import csv
 
     out: dict[str, dict[str, list[float]]] = {}
     with open(metrics_csv) as f:
         for row in csv.DictReader(f):
-            out.setdefault(row["domain"], {}).setdefault(row["structure"], []).append(float(row["dice"]))
-    return out
+            vals = out.setdefault(row["domain"], {}).setdefault(row["structure"], [])
+            text = (row.get("dice") or "").strip()
+            if text and text.lower() != "nan":
+                vals.append(float(text))
+    return {d: {s: v for s, v in structs.items() if v} for d, structs in out.items()}
 
 
 def format_dice_table(dice: dict[str, dict[str, list[float]]]) -> str:
@@ -211,7 +233,8 @@ def plot_examples(inputs: Path, pred: Path, ref: Path, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out: Path, dice, seconds, trainer, planned_bs, batch_size, cases, test_cases) -> None:
+def write_report(out: Path, dice, seconds, trainer, planned_bs, batch_size, cases, test_cases,
+                 planned_features=None, features=None) -> None:
     steps = "\n".join(f"| {k} | {v:.0f} |" for k, v in seconds.items())
     text = f"""# nnunetv2-mtmd demo report
 
@@ -221,8 +244,9 @@ multi-domain nnU-Net (`{trainer}`: shared convolutions, domain-specific batch no
 domain, multi-scale contrastive regularization and multi-joint anatomical priors) trained on all three
 domains on CPU, then stock `nnUNetv2_predict` on the held-out cases.
 
-Batch size: planned {planned_bs}, set to {batch_size} ({batch_size // 3} per domain) so that CPU
-training fits the demo's time budget. Everything else is as nnU-Net and `nnUNetPlannerMTMD` planned it.
+Batch size: planned {planned_bs}, set to {batch_size} ({batch_size // 3} per domain); features per
+stage: planned {planned_features}, set to {features}; both so that CPU training fits the demo's time
+budget. Everything else is as nnU-Net and `nnUNetPlannerMTMD` planned it.
 
 ## Dice on the held-out test cases (3D, per structure)
 

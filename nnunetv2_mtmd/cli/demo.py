@@ -9,7 +9,7 @@ from nnunetv2_mtmd.cli.common import HelpFormatter, run
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from nnunetv2_mtmd.demo import DEFAULT_TRAINER, run_demo
+    from nnunetv2_mtmd.demo import DEFAULT_BASE_FEATURES, DEFAULT_TRAINER, run_demo
 
     p = argparse.ArgumentParser(
         prog="nnUNetv2_mtmd_demo", formatter_class=HelpFormatter,
@@ -24,10 +24,13 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("-tr", default=DEFAULT_TRAINER, help="trainer (any MTMD trainer, e.g. nnUNetTrainerMTMD_DSL_debug)")
     p.add_argument("--batch_size", type=int, default=6, help="batch size written into the plans (multiple of 3)")
+    p.add_argument("--base_features", type=int, default=DEFAULT_BASE_FEATURES,
+                   help="features of the first network stage written into the plans, doubled per stage up to the "
+                        "planned maximum (nnU-Net plans 32)")
     p.add_argument("-np_da", type=int, default=1, help="data augmentation worker processes (nnUNet_n_proc_DA)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     a = p.parse_args(argv)
-    run_demo(a.out, a.cases, a.test_cases, a.seed, a.tr, a.batch_size, a.np_da, a.overwrite)
+    run_demo(a.out, a.cases, a.test_cases, a.seed, a.tr, a.batch_size, a.np_da, a.overwrite, a.base_features)
     return 0
 
 

@@ -284,13 +284,14 @@ def _knee(rng: np.random.Generator) -> Anatomy:
     fz = 0.7 + _j(rng, 0.05)
     fibula = _rotated(
         [
-            Part(_e(rng, (fz, j + 0.52, 0.38), (0.26, 0.12, 0.12))),
+            Part(_e(rng, (fz, j + 0.52, 0.38), (0.4, 0.19, 0.19))),  # head: about a third of the plateau
             Part(_e(rng, (fz, j + 1.4, 0.4), (0.15, 0.9, 0.07))),
         ],
         (j, 0.08),
         flex,
     )
-    patella = [Part(_e(rng, (0, j - 0.45, -0.45), (0.55, 0.21, 0.1), -0.25, rot=0.1))]
+    # about a third of the condyles' depth thick, as in a child's knee (thinner, it is learned late)
+    patella = [Part(_e(rng, (0, j - 0.45, -0.47), (0.6, 0.25, 0.14), -0.25, rot=0.1))]
     body = [Part(_e(rng, (0, 0.0, 0.02), (1.8, 3.0, 0.8), pos=0.04))]
     tendons = [
         _e(rng, (0, j + 0.1, -0.41), (0.45, 0.36, 0.035), -0.17),  # patellar tendon

@@ -50,8 +50,8 @@ nnUNetTrainerMTMD_1epoch = with_schedule(nnUNetTrainerMTMD, "1epoch", 1)
 nnUNetTrainerMTMD_5epochs = with_schedule(nnUNetTrainerMTMD, "5epochs", 5)
 
 
-class nnUNetTrainerMTMD_demo(with_schedule(nnUNetTrainerMTMD, "demo", 20, 60, 10, ae_iterations=200)):
-    """The demo's CPU budget (nnUNetv2_mtmd_demo): 20 epochs of 60 iterations after a 200-iteration
+class nnUNetTrainerMTMD_demo(with_schedule(nnUNetTrainerMTMD, "demo", 30, 60, 10, ae_iterations=200)):
+    """The demo's CPU budget (nnUNetv2_mtmd_demo): 30 epochs of 60 iterations after a 200-iteration
     autoencoder phase. Trained on fold ``all``, whose nnU-Net "validation" re-predicts every training
     case (5 minutes on 2 CPU cores for nothing held out): it is skipped, the demo evaluates on its
     held-out test cases instead. Any other fold validates as usual."""
