@@ -113,7 +113,7 @@ def run_demo(out: Path, cases: int = 10, test_cases: int = 4, seed: int = 0, tra
     run("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(MERGED_ID), "-pl", "nnUNetPlannerMTMD",
                                 "-c", "2d", "-np", "2", "--verify_dataset_integrity"])
     plans_file = out / "nnUNet_preprocessed" / f"Dataset{MERGED_ID}_{MERGED_NAME}" / "nnUNetPlans.json"
-    planned_bs, planned_f, features = set_batch_size(plans_file, batch_size, base_features)
+    planned_bs, planned_f, features = set_cpu_plans(plans_file, batch_size, base_features)
     print(f"[demo] batch size {planned_bs} (planned) -> {batch_size} ({batch_size // 3} per domain), features per "
           f"stage {planned_f} (planned) -> {features}, for CPU")
     run("train", ["nnUNetv2_train", str(MERGED_ID), "2d", "all", "-tr", trainer, "-device", "cpu"], train=True)
@@ -145,7 +145,7 @@ def run_demo(out: Path, cases: int = 10, test_cases: int = 4, seed: int = 0, tra
     return DemoResult(out, summary, run.seconds)
 
 
-def set_batch_size(plans_file: Path, batch_size: int, base_features: int | None = None) -> tuple[int, list, list]:
+def set_cpu_plans(plans_file: Path, batch_size: int, base_features: int | None = None) -> tuple[int, list, list]:
     """Set the 2d batch size (and, with ``base_features``, the network width: ``base * 2**stage``,
     capped at the planned maximum) in a plans file. Returns the planned batch size and the planned and
     new features per stage."""

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from nnunetv2_mtmd.demo import _label_cmap, dice_table, format_dice_table, run_demo, set_batch_size
+from nnunetv2_mtmd.demo import _label_cmap, dice_table, format_dice_table, run_demo, set_cpu_plans
 from nnunetv2_mtmd.errors import InputDataError, OutputExistsError
 
 
@@ -28,9 +28,9 @@ def _plans(tmp_path, features):
         ([32, 64, 128], None, [32, 64, 128]),  # None: width untouched
     ],
 )
-def test_set_batch_size_and_width(tmp_path, planned, base, expected):
+def test_set_cpu_plans_batch_size_and_width(tmp_path, planned, base, expected):
     p = _plans(tmp_path, planned)
-    bs, before, after = set_batch_size(p, 6, base)
+    bs, before, after = set_cpu_plans(p, 6, base)
     assert (bs, before, after) == (21, planned, expected)
     conf = json.loads(p.read_text())["configurations"]["2d"]
     assert conf["batch_size"] == 6 and conf["architecture"]["arch_kwargs"]["features_per_stage"] == expected
