@@ -127,6 +127,9 @@ class StudyBudget:
     MJAP's label-autoencoder phase. The plans part (``spacing_mm``, ``patch_size``, ``batch_size``,
     ``max_features``, ``base_features``: features of the first stage, doubled per stage up to
     ``max_features``) is written into every dataset's ``2d`` configuration by :func:`coarse_2d_plans`.
+    ``fixed_orientation``: every scheme (the Individual baseline too) trains without mirroring and
+    with rotations within +-30 degrees instead of nnU-Net's 2D mirroring and +-180 degrees
+    (:mod:`nnunetv2_mtmd.training.orientation`; why: docs/study.md).
     """
 
     iterations: int = 1000
@@ -138,11 +141,17 @@ class StudyBudget:
     patch_size: int = 64
     max_features: int = 512
     base_features: int = 32
+    fixed_orientation: bool = False
 
     def validate(self, num_domains: int | None = None) -> StudyBudget:
         """Raise :class:`InputDataError` for unusable values; returns ``self``."""
+        if not isinstance(self.fixed_orientation, bool):
+            raise InputDataError(
+                f"Budget value fixed_orientation must be true or false, found {self.fixed_orientation!r}.")
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name == "fixed_orientation":
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise InputDataError(f"Budget value {f.name} must be a number, found {v!r}.")
         ints = {"iterations": 1, "epochs": 1, "val_iterations": 1, "ae_iterations": 0, "batch_size": 1,
@@ -1248,6 +1257,10 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
     add(f"- 2D configuration of every dataset (plans `{PLANS_NAME}`): in-plane spacing {b.spacing_mm} mm, patch "
         f"{b.patch_size} x {b.patch_size}, batch size {b.batch_size} (multi-domain: {b.batch_size // study.k} per "
         f"domain), {b.base_features} features in the first stage doubling to at most {b.max_features}.")
+    add("- Spatial augmentation of every scheme: " + (
+        "fixed orientation (no mirroring in training or at inference, rotations within +-30 degrees; "
+        "otherwise nnU-Net's)." if b.fixed_orientation else
+        "nnU-Net's 2D default (mirroring of both axes, rotations within +-180 degrees, test-time mirroring)."))
     for name, p in plans.items():
         add(f"  - {name}: nnU-Net planned spacing {p['planned']['spacing']}, patch {p['planned']['patch_size']}, "
             f"batch {p['planned']['batch_size']}, {p['planned']['n_stages']} stages; study: "
@@ -1400,7 +1413,7 @@ def study_command(study: Study) -> list[str]:
     cmd += ["--iterations", str(b.iterations), "--epochs", str(b.epochs), "--val-iterations", str(b.val_iterations),
             "--ae-iterations", str(b.ae_iterations), "--batch-size", str(b.batch_size), "--spacing",
             f"{b.spacing_mm:g}", "--patch-size", str(b.patch_size), "--max-features", str(b.max_features),
-            "--base-features", str(b.base_features)]
+            "--base-features", str(b.base_features)] + (["--fixed-orientation"] if b.fixed_orientation else [])
     return [*cmd, "--report", str(study.report_path)]
 
 

@@ -99,6 +99,7 @@ def test_estimate_hours_hand_computed():
         ({"patch_size": 4}, None, "patch_size must be an integer >= 8"),
         ({"spacing_mm": 0.0}, None, "--spacing must be > 0"),
         ({"iterations": 2.5}, None, "iterations must be an integer"),
+        ({"fixed_orientation": 1}, None, "fixed_orientation must be true or false"),
     ],
 )
 def test_budget_validation(kwargs, k, message):
@@ -109,6 +110,10 @@ def test_budget_validation(kwargs, k, message):
 def test_budget_environment_roundtrip():
     b = StudyBudget(iterations=40, epochs=4, ae_iterations=7)
     assert StudyBudget.from_env(b.env()) == b
+    fixed = StudyBudget(fixed_orientation=True)
+    assert StudyBudget.from_env(fixed.env()).fixed_orientation is True
+    # a budget recorded before the field existed reads as nnU-Net's augmentation
+    assert StudyBudget.from_json({"iterations": 40, "epochs": 4}).fixed_orientation is False
     assert StudyBudget.from_env({}) == StudyBudget()
     with pytest.raises(InputDataError, match="not valid JSON"):
         StudyBudget.from_env({BUDGET_ENV: "{iterations"})
@@ -314,6 +319,8 @@ def test_study_takes_recorded_options_and_refuses_a_different_budget(tmp_path):
     other = Study(StudyOptions(work, budget={"iterations": 6, "epochs": 2}))
     with pytest.raises(InputDataError, match="budget.iterations: recorded 4, now 6"):
         other.run("report")
+    fixed = Study(StudyOptions(tmp_path / "work2", sources_dir=src, budget={"fixed_orientation": True}))
+    assert study_command(fixed)[-3:] == ["--fixed-orientation", "--report", str(fixed.report_path)]
     assert "study stage 'report'" in (work / "study_log.txt").read_text()
 
 

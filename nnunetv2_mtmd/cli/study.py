@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--base-features", type=int, default=None,
                    help=f"features of the first network stage, doubled per stage up to --max-features "
                         f"(nnU-Net: 32) ({b.base_features})")
+    g.add_argument("--fixed-orientation", action="store_true", default=None,
+                   help="train every scheme without mirroring (also at inference) and with rotations within +-30 "
+                        "degrees instead of nnU-Net's mirroring and +-180 degrees (default: off, nnU-Net's)")
     p.add_argument("--merged-id", type=int, default=MERGED_ID, help="id of the merged dataset")
     p.add_argument("--merged-name", default=MERGED_NAME, help="name of the merged dataset")
     p.add_argument("-np", dest="num_processes", type=int, default=2,
@@ -91,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 _BUDGET_ARGS = {"iterations": "iterations", "epochs": "epochs", "val_iterations": "val_iterations",
                 "ae_iterations": "ae_iterations", "batch_size": "batch_size", "spacing": "spacing_mm",
                 "patch_size": "patch_size", "max_features": "max_features",
-                "base_features": "base_features"}
+                "base_features": "base_features", "fixed_orientation": "fixed_orientation"}
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from nnunetv2_mtmd.training.orientation import FixedOrientationDA
 from nnunetv2_mtmd.training.trainers.schemes import SCHEMES, nnUNetTrainerMTMD
 
 
@@ -50,11 +51,15 @@ nnUNetTrainerMTMD_1epoch = with_schedule(nnUNetTrainerMTMD, "1epoch", 1)
 nnUNetTrainerMTMD_5epochs = with_schedule(nnUNetTrainerMTMD, "5epochs", 5)
 
 
-class nnUNetTrainerMTMD_demo(with_schedule(nnUNetTrainerMTMD, "demo", 30, 60, 10, ae_iterations=200)):
+class nnUNetTrainerMTMD_demo(FixedOrientationDA,
+                             with_schedule(nnUNetTrainerMTMD, "demo", 30, 60, 10, ae_iterations=200)):
     """The demo's CPU budget (nnUNetv2_mtmd_demo): 30 epochs of 60 iterations after a 200-iteration
-    autoencoder phase. Trained on fold ``all``, whose nnU-Net "validation" re-predicts every training
-    case (5 minutes on 2 CPU cores for nothing held out): it is skipped, the demo evaluates on its
-    held-out test cases instead. Any other fold validates as usual."""
+    autoencoder phase, with fixed-orientation augmentation (no mirroring, rotations within +-30
+    degrees; see :mod:`nnunetv2_mtmd.training.orientation`: mirrored, the synthetic fibular head
+    and patella swap places and the fibula was never learned in this budget). Trained on fold
+    ``all``, whose nnU-Net "validation" re-predicts every training case (5 minutes on 2 CPU cores for
+    nothing held out): it is skipped, the demo evaluates on its held-out test cases instead. Any other
+    fold validates as usual."""
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if self.fold == "all":

@@ -26,6 +26,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_mtmd.study import MEASURE_ENV, StudyBudget
+from nnunetv2_mtmd.training.orientation import fixed_orientation_config
 from nnunetv2_mtmd.training.trainers.schemes import SCHEMES
 
 
@@ -59,6 +60,12 @@ class _StudyMixin:
         self.study_budget = apply_study_budget(self, spec.num_domains if spec is not None else 1)
         self._study_measuring = os.environ.get(MEASURE_ENV) == "1"
         self._study_step_times: list[tuple[float, float]] = []
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.study_budget.fixed_orientation:
+            return out
+        return fixed_orientation_config(self, out[1])
 
     def train_step(self, batch: dict) -> dict:
         if not self._study_measuring:
