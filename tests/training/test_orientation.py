@@ -98,3 +98,4 @@ def test_demo_trainer_uses_fixed_orientation():
     assert issubclass(nnUNetTrainerMTMD_demo, FixedOrientationDA)
     assert (nnUNetTrainerMTMD_demo.configure_rotation_dummyDA_mirroring_and_inital_patch_size
             is FixedOrientationDA.configure_rotation_dummyDA_mirroring_and_inital_patch_size)
+
