@@ -75,10 +75,3 @@ def test_label_colours_are_distinct_and_opaque():
     grey = [c for c in colours if abs(c[0] - c[1]) < 0.05 and abs(c[1] - c[2]) < 0.05]
     assert not grey  # grey labels vanish on an MR image (tab10's label 7 did)
 
-
-def test_demo_trainer_uses_nnunets_dice_topk10_loss():
-    from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerTopkLoss import nnUNetTrainerDiceTopK10Loss
-
-    from nnunetv2_mtmd.training.trainers import nnUNetTrainerMTMD_demo
-
-    assert nnUNetTrainerMTMD_demo._build_loss is nnUNetTrainerDiceTopK10Loss._build_loss

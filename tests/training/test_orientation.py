@@ -91,11 +91,3 @@ def test_study_budget_switches_every_scheme_including_individual(nnunet_dirs, mo
     assert (mirror is None) == fixed
     assert rot[1] == pytest.approx(math.pi / 6 if fixed else math.pi)
 
-
-def test_demo_trainer_uses_fixed_orientation():
-    from nnunetv2_mtmd.training.trainers import nnUNetTrainerMTMD_demo
-
-    assert issubclass(nnUNetTrainerMTMD_demo, FixedOrientationDA)
-    assert (nnUNetTrainerMTMD_demo.configure_rotation_dummyDA_mirroring_and_inital_patch_size
-            is FixedOrientationDA.configure_rotation_dummyDA_mirroring_and_inital_patch_size)
-

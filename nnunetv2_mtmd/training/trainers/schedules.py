@@ -14,9 +14,7 @@ would break checkpoint bookkeeping), so each schedule is a tiny subclass:
 from __future__ import annotations
 
 import torch
-from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerTopkLoss import nnUNetTrainerDiceTopK10Loss
 
-from nnunetv2_mtmd.training.orientation import FixedOrientationDA
 from nnunetv2_mtmd.training.trainers.schemes import SCHEMES, nnUNetTrainerMTMD
 
 
@@ -52,20 +50,13 @@ nnUNetTrainerMTMD_1epoch = with_schedule(nnUNetTrainerMTMD, "1epoch", 1)
 nnUNetTrainerMTMD_5epochs = with_schedule(nnUNetTrainerMTMD, "5epochs", 5)
 
 
-class nnUNetTrainerMTMD_demo(FixedOrientationDA,
-                             with_schedule(nnUNetTrainerMTMD, "demo", 30, 60, 10, ae_iterations=200)):
+class nnUNetTrainerMTMD_demo(with_schedule(nnUNetTrainerMTMD, "demo", 30, 60, 10, ae_iterations=200)):
     """The demo's CPU budget (nnUNetv2_mtmd_demo): 30 epochs of 60 iterations after a 200-iteration
-    autoencoder phase, with fixed-orientation augmentation (no mirroring, rotations within +-30
-    degrees; see :mod:`nnunetv2_mtmd.training.orientation`) and nnU-Net's Dice + top-10 %
-    cross-entropy loss (``nnUNetTrainerDiceTopK10Loss``: the cross-entropy is averaged over the
-    hardest 10 % of pixels, so the small fibular head and patella, 40-70 of 24 576 pixels of a
-    batch, are not drowned by the background; measured in docs/demo.md). Trained on fold
-    ``all``, whose nnU-Net "validation" re-predicts every training case (5 minutes on 2 CPU cores for
-    nothing held out): it is skipped, the demo evaluates on its held-out test cases instead. Any other
-    fold validates as usual."""
-
-    #: nnU-Net's Dice + top-10 % cross-entropy (nnUNetTrainerDiceTopK10Loss)
-    _build_loss = nnUNetTrainerDiceTopK10Loss._build_loss
+    autoencoder phase; loss and augmentation are nnU-Net's (fixed-orientation augmentation and
+    nnU-Net's Dice + top-10 % CE were tried and not adopted: docs/demo.md). Trained on fold ``all``,
+    whose nnU-Net "validation" re-predicts every training case (5 minutes on 2 CPU cores for nothing
+    held out): it is skipped, the demo evaluates on its held-out test cases instead. Any other fold
+    validates as usual."""
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if self.fold == "all":
