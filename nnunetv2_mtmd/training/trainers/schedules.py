@@ -50,8 +50,8 @@ nnUNetTrainerMTMD_1epoch = with_schedule(nnUNetTrainerMTMD, "1epoch", 1)
 nnUNetTrainerMTMD_5epochs = with_schedule(nnUNetTrainerMTMD, "5epochs", 5)
 
 
-class nnUNetTrainerMTMD_demo(with_schedule(nnUNetTrainerMTMD, "demo", 30, 60, 10, ae_iterations=200)):
-    """The demo's CPU budget (nnUNetv2_mtmd_demo): 30 epochs of 60 iterations after a 200-iteration
+class nnUNetTrainerMTMD_demo(with_schedule(nnUNetTrainerMTMD, "demo", 40, 60, 10, ae_iterations=200)):
+    """The demo's CPU budget (nnUNetv2_mtmd_demo): 40 epochs of 60 iterations after a 200-iteration
     autoencoder phase; loss and augmentation are nnU-Net's (fixed-orientation augmentation and
     nnU-Net's Dice + top-10 % CE were tried and not adopted: docs/demo.md). Trained on fold ``all``,
     whose nnU-Net "validation" re-predicts every training case (5 minutes on 2 CPU cores for nothing
