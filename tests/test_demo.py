@@ -74,4 +74,3 @@ def test_label_colours_are_distinct_and_opaque():
     assert len(set(colours)) == 9
     grey = [c for c in colours if abs(c[0] - c[1]) < 0.05 and abs(c[1] - c[2]) < 0.05]
     assert not grey  # grey labels vanish on an MR image (tab10's label 7 did)
-

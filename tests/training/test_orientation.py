@@ -90,4 +90,3 @@ def test_study_budget_switches_every_scheme_including_individual(nnunet_dirs, mo
     rot, _, _, mirror = t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert (mirror is None) == fixed
     assert rot[1] == pytest.approx(math.pi / 6 if fixed else math.pi)
-

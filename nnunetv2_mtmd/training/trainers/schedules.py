@@ -75,4 +75,3 @@ globals().update({cls.__name__: cls for cls in DEBUG_TRAINERS.values()})
 __all__ = ["nnUNetTrainerMTMD_1epoch", "nnUNetTrainerMTMD_5epochs", "nnUNetTrainerMTMD_demo",
            "nnUNetTrainerMTMD_resumetest", "with_schedule",
            *(cls.__name__ for cls in DEBUG_TRAINERS.values())]
-
