@@ -5,9 +5,9 @@ nnU-Net's 2D default mirrors both in-plane axes (each with probability 0.5) and 
 joint MR acquired in a standard plane this erases the one cue that tells structures of the same
 look apart by position: mirrored in both axes, the patella (anterior, above the joint line) lands
 where the fibular head is (posterior, below it), and L1 trades places with L5 while L3 stays put.
-The network has to learn them from context alone, which it does eventually but not within short CPU
-budgets (measured in docs/demo.md: the fibular head is predicted as patella; and in docs/study.md:
-the lumbar baseline learns L3 only).
+The network has to learn them from context alone. (Measured in short CPU trainings, switching
+mirroring off did not by itself fix the fibular head or the lumbar levels: docs/demo.md,
+docs/study.md.)
 
 :class:`FixedOrientationDA` is a trainer mixin that keeps everything nnU-Net does except mirroring
 (training and test-time) and limits rotations to +-``max_rotation_deg`` (nnU-Net's own 3D
