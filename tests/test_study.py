@@ -64,7 +64,7 @@ def _spec() -> DomainSpec:
     ],
 )
 def test_budget_equal_exposure(iterations, epochs, k, per_epoch, total, samples):
-    b = StudyBudget(iterations=iterations, epochs=epochs, batch_size=12).validate(3)
+    b = StudyBudget(iterations=iterations, epochs=epochs, batch_size=12, val_iterations=4).validate(3)
     assert b.iterations_per_epoch(k) == per_epoch
     assert b.model_iterations(k) == total
     assert b.samples_per_domain(k) == samples
@@ -113,7 +113,10 @@ def test_budget_environment_roundtrip():
     fixed = StudyBudget(fixed_orientation=True)
     assert StudyBudget.from_env(fixed.env()).fixed_orientation is True
     # a budget recorded before the field existed reads as nnU-Net's augmentation
-    assert StudyBudget.from_json({"iterations": 40, "epochs": 4}).fixed_orientation is False
+    old_record = StudyBudget.from_record({"iterations": 40, "epochs": 4})
+    assert StudyBudget.from_json(old_record).fixed_orientation is False
+    assert StudyBudget.from_json({"iterations": 40, "epochs": 4}).fixed_orientation is True  # today's default
+    assert StudyBudget.from_record({}) == {}
     assert StudyBudget.from_env({}) == StudyBudget()
     with pytest.raises(InputDataError, match="not valid JSON"):
         StudyBudget.from_env({BUDGET_ENV: "{iterations"})
@@ -313,14 +316,14 @@ def test_study_takes_recorded_options_and_refuses_a_different_budget(tmp_path):
     assert study_command(again)[3:] == [
         "--workdir", str(work.resolve()), "--sources", str(src.resolve()), "--domains", "Ankle", "Knee", "Shoulder",
         "--folds", "1", "--schemes", "Individual", "DSL", "--iterations", "4", "--epochs", "2",
-        "--val-iterations", "4", "--ae-iterations", "500", "--batch-size", "12", "--spacing", "4",
-        "--patch-size", "64", "--max-features", "512", "--base-features", "32",
+        "--val-iterations", "2", "--ae-iterations", "300", "--batch-size", "12", "--spacing", "4",
+        "--patch-size", "64", "--max-features", "256", "--base-features", "16", "--fixed-orientation",
         "--report", str((tmp_path / "docs" / "results.md").resolve())]
     other = Study(StudyOptions(work, budget={"iterations": 6, "epochs": 2}))
     with pytest.raises(InputDataError, match="budget.iterations: recorded 4, now 6"):
         other.run("report")
-    fixed = Study(StudyOptions(tmp_path / "work2", sources_dir=src, budget={"fixed_orientation": True}))
-    assert study_command(fixed)[-3:] == ["--fixed-orientation", "--report", str(fixed.report_path)]
+    stock_da = Study(StudyOptions(tmp_path / "work2", sources_dir=src, budget={"fixed_orientation": False}))
+    assert study_command(stock_da)[-3:] == ["--no-fixed-orientation", "--report", str(stock_da.report_path)]
     assert "study stage 'report'" in (work / "study_log.txt").read_text()
 
 
@@ -368,7 +371,7 @@ def test_study_trainers_match_the_scheme_table_and_apply_the_budget():
     assert (t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch) == (5, 60, 6)
     assert (t.save_every, t.ae_iterations) == (1, 30)
     stock = SimpleNamespace(print_to_log_file=lambda *a: None)
-    apply_study_budget(stock, 1, StudyBudget(iterations=100, epochs=5))
+    apply_study_budget(stock, 1, StudyBudget(iterations=100, epochs=5, val_iterations=4))
     assert (stock.num_iterations_per_epoch, stock.num_val_iterations_per_epoch) == (20, 4)
     assert not hasattr(stock, "ae_iterations") and logged
 

@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--base-features", type=int, default=None,
                    help=f"features of the first network stage, doubled per stage up to --max-features "
                         f"(nnU-Net: 32) ({b.base_features})")
-    g.add_argument("--fixed-orientation", action="store_true", default=None,
+    g.add_argument("--fixed-orientation", action=argparse.BooleanOptionalAction, default=None,
                    help="train every scheme without mirroring (also at inference) and with rotations within +-30 "
-                        "degrees instead of nnU-Net's mirroring and +-180 degrees (default: off, nnU-Net's)")
+                        "degrees instead of nnU-Net's mirroring and +-180 degrees; --no-fixed-orientation: "
+                        f"nnU-Net's augmentation ({'on' if b.fixed_orientation else 'off'})")
     p.add_argument("--merged-id", type=int, default=MERGED_ID, help="id of the merged dataset")
     p.add_argument("--merged-name", default=MERGED_NAME, help="name of the merged dataset")
     p.add_argument("-np", dest="num_processes", type=int, default=2,

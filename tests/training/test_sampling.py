@@ -57,3 +57,18 @@ def test_restore_code_channel_overwrites_augmented_values():
     assert torch.equal(data[:, :2], img_before)
     for b, code in enumerate([1, 3, 2, 1]):
         assert torch.all(data[b, 2] == code)
+
+
+@pytest.mark.parametrize("percent, forced_slots, every_domain_forced", [
+    (0.33, [4, 5], False),  # nnU-Net's default: round(6 * 0.67) = 4 -> the last 2 slots, 2 of 3 domains
+    (0.66, [2, 3, 4, 5], True),  # the demo: round(6 * 0.34) = 2 -> the last 4 slots cover a full round
+])
+def test_forced_foreground_slots_of_nnunets_loader(percent, forced_slots, every_domain_forced):
+    dl = DomainBalancedDataLoader.__new__(DomainBalancedDataLoader)
+    dl.batch_size, dl.oversample_foreground_percent = 6, percent
+    assert [j for j in range(6) if dl._oversample_last_XX_percent(j)] == forced_slots
+    rng = np.random.RandomState(2)
+    covered = [set(np.array(balanced_domain_slots(6, [0, 1, 2], rng))[forced_slots]) == {0, 1, 2}
+               for _ in range(100)]
+    assert all(covered) if every_domain_forced else not any(covered)
+
