@@ -18,7 +18,8 @@ def _demo_trainer() -> nnUNetTrainerMTMD_demo:
 
 def test_demo_trainer_schedule_and_oversampling(nnunet_dirs):
     t = _demo_trainer()
-    assert (t.num_epochs, t.num_iterations_per_epoch, t.ae_iterations) == (34, 60, 200)
+    schedule = (t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch, t.ae_iterations)
+    assert schedule == (40, 60, 5, 200)
     assert t.oversample_foreground_percent == pytest.approx(0.66)  # nnU-Net: 0.33
 
 
@@ -41,7 +42,7 @@ def test_progress_plot_skipped_then_restored(tmp_path):
     assert (tmp_path / "progress.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("epoch, plotted", [(0, False), (3, False), (4, True), (9, True), (32, False), (33, True)])
+@pytest.mark.parametrize("epoch, plotted", [(0, False), (3, False), (4, True), (9, True), (38, False), (39, True)])
 def test_demo_trainer_plots_every_fifth_and_last_epoch(nnunet_dirs, monkeypatch, epoch, plotted):
     t = _demo_trainer()
     calls = []

@@ -65,9 +65,10 @@ def progress_plot_skipped(logger: Any) -> Iterator[None]:
         del logger.plot_progress_png
 
 
-class nnUNetTrainerMTMD_demo(with_schedule(nnUNetTrainerMTMD, "demo", 34, 60, 10, ae_iterations=200)):
-    """The demo's CPU budget (nnUNetv2_mtmd_demo): 34 epochs of 60 iterations after a 200-iteration
-    autoencoder phase, with 2/3 of every batch forced to show foreground (nnU-Net: 1/3).
+class nnUNetTrainerMTMD_demo(with_schedule(nnUNetTrainerMTMD, "demo", 40, 60, 5, ae_iterations=200)):
+    """The demo's CPU budget (nnUNetv2_mtmd_demo): 40 epochs of 60 iterations (5 validation batches)
+    after a 200-iteration autoencoder phase, with 2/3 of every batch forced to show foreground
+    (nnU-Net: 1/3).
 
     Loss and augmentation are nnU-Net's (fixed-orientation augmentation and nnU-Net's Dice + top-10 %
     CE were tried and not adopted: docs/demo.md). Trained on fold ``all``, whose nnU-Net
