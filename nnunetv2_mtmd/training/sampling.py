@@ -45,8 +45,12 @@ class DomainBalancedDataLoader(nnUNetDataLoader):
     ``domain`` (B,) int64 domain indices."""
 
     def __init__(self, data, batch_size: int, patch_size, final_patch_size, label_manager,
-                 domain_spec: DomainSpec, **kwargs):
+                 domain_spec: DomainSpec, rare_class_exponent: float = 0.0, **kwargs):
+        if isinstance(rare_class_exponent, bool) or not (
+                isinstance(rare_class_exponent, (int, float)) and 0.0 <= rare_class_exponent <= 2.0):
+            raise ValueError(f"rare_class_exponent must be a number in [0, 2], found {rare_class_exponent!r}")
         super().__init__(data, batch_size, patch_size, final_patch_size, label_manager, **kwargs)
+        self.rare_class_exponent = float(rare_class_exponent)
         self.domain_spec = domain_spec
         self.keys_per_domain: dict[int, list[str]] = {}
         for k in self.indices:
@@ -56,6 +60,12 @@ class DomainBalancedDataLoader(nnUNetDataLoader):
     def get_indices(self) -> list[str]:
         slots = balanced_domain_slots(self.batch_size, self.domains_present)
         return [self.keys_per_domain[d][np.random.randint(len(self.keys_per_domain[d]))] for d in slots]
+
+    def get_bbox(self, data_shape, force_fg: bool, class_locations, overwrite_class=None, verbose: bool = False):
+        if force_fg and overwrite_class is None and self.rare_class_exponent > 0 and class_locations:
+            overwrite_class = pick_foreground_class(class_locations, self.rare_class_exponent,
+                                                    exclude=self.annotated_classes_key)
+        return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
 
     def generate_train_batch(self) -> dict:
         batch = super().generate_train_batch()
@@ -70,3 +80,18 @@ def restore_code_channel(data: torch.Tensor, domain_idx: torch.Tensor) -> torch.
     codes = (domain_idx.to(data.dtype) + 1).view(-1, *([1] * (data.ndim - 2)))
     data[:, -1] = codes
     return data
+
+
+def pick_foreground_class(class_locations: dict, exponent: float, exclude=None, rng=np.random):
+    """The structure a forced-foreground sample shows, chosen with weights ``n_c ** -exponent``.
+
+    ``n_c`` is the number of locations nnU-Net's preprocessing stored for class ``c`` in this case
+    (every voxel of a class up to 10 000 voxels, about that many for larger ones), so rare classes get
+    larger weights; ``exponent = 0`` is nnU-Net's uniform choice among the case's classes. Classes
+    without locations and ``exclude`` (nnU-Net's annotated-classes key) are skipped; returns None when
+    no class is left (nnU-Net then samples a random location)."""
+    keys = [k for k, v in class_locations.items() if len(v) > 0 and not (exclude is not None and k == exclude)]
+    if not keys:
+        return None
+    w = np.array([len(class_locations[k]) for k in keys], dtype=np.float64) ** -float(exponent)
+    return keys[rng.choice(len(keys), p=w / w.sum())]

@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_mtmd.training.sampling import DomainBalancedDataLoader, balanced_domain_slots, restore_code_channel
+from nnunetv2_mtmd.training.sampling import (
+    DomainBalancedDataLoader,
+    balanced_domain_slots,
+    pick_foreground_class,
+    restore_code_channel,
+)
 
 
 @pytest.mark.parametrize("batch_size,domains", [(6, [0, 1, 2]), (12, [0, 1, 2]), (10, [0, 1, 2, 3, 4]),
@@ -72,3 +77,45 @@ def test_forced_foreground_slots_of_nnunets_loader(percent, forced_slots, every_
                for _ in range(100)]
     assert all(covered) if every_domain_forced else not any(covered)
 
+
+
+@pytest.mark.parametrize("exponent, expected", [
+    # stored locations: class 1 -> 400, class 2 -> 100, class 3 -> none in this case
+    (0.0, {1: 0.5, 2: 0.5}),  # nnU-Net's uniform choice
+    (0.5, {1: (1 / 20) / (1 / 20 + 1 / 10), 2: (1 / 10) / (1 / 20 + 1 / 10)}),  # 1/3, 2/3
+    (1.0, {1: 0.2, 2: 0.8}),  # inverse frequency: 1/400 : 1/100
+])
+def test_pick_foreground_class_weights(exponent, expected):
+    locs = {1: np.zeros((400, 4)), 2: np.zeros((100, 4)), 3: np.zeros((0, 4)), (-1, 1, 2, 3): np.zeros((500, 4))}
+    rng = np.random.RandomState(0)
+    n = 20000
+    counts = Counter(pick_foreground_class(locs, exponent, exclude=(-1, 1, 2, 3), rng=rng) for _ in range(n))
+    assert set(counts) == set(expected)
+    for c, p in expected.items():
+        assert counts[c] / n == pytest.approx(p, abs=0.015)
+
+
+def test_pick_foreground_class_without_classes_returns_none():
+    assert pick_foreground_class({1: np.zeros((0, 4))}, 1.0) is None
+    assert pick_foreground_class({(-1, 1): np.zeros((5, 4))}, 1.0, exclude=(-1, 1)) is None
+
+
+@pytest.mark.parametrize("bad", [-0.5, 3.0, "1"])
+def test_rare_class_exponent_is_checked(bad):
+    with pytest.raises(ValueError, match="rare_class_exponent must be a number in \\[0, 2\\]"):
+        DomainBalancedDataLoader.__init__(DomainBalancedDataLoader.__new__(DomainBalancedDataLoader), {}, 6,
+                                          (8, 8), (8, 8), None, None, rare_class_exponent=bad)
+
+
+@pytest.mark.parametrize("exponent, share_of_rare", [(0.0, 0.5), (1.0, 1000 / 1010)])
+def test_get_bbox_centres_forced_samples_on_the_weighted_class(exponent, share_of_rare):
+    """nnU-Net's own get_bbox picks the slice of a voxel of the chosen class: class 1 (1000 stored
+    locations) lies in slice 0, class 2 (10 locations) in slice 5."""
+    dl = DomainBalancedDataLoader.__new__(DomainBalancedDataLoader)
+    dl.need_to_pad, dl.patch_size, dl.has_ignore = np.array([0, 0, 0]), [1, 4, 4], False
+    dl.annotated_classes_key, dl.rare_class_exponent = (-1, 1, 2), exponent
+    locs = {1: np.array([[0, 0, 2, 2]] * 1000), 2: np.array([[0, 5, 2, 2]] * 10)}
+    np.random.seed(0)
+    n = 4000
+    z = [dl.get_bbox(np.array([8, 4, 4]), True, locs)[0][0] for _ in range(n)]
+    assert sum(zz == 5 for zz in z) / n == pytest.approx(share_of_rare, abs=0.025)

@@ -48,6 +48,9 @@ class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
     Boutillon et al., MICCAI 2021 / 2022. Subclasses change ``network_overrides_for`` (architecture
     switches the predictor must know) or the regularizer weights (see ``nnUNetTrainerMTMD``)."""
 
+    #: Forced-foreground training samples show class ``c`` with weight ``n_c ** -rare_class_exponent``
+    #: (``training/sampling.pick_foreground_class``); 0 = nnU-Net's uniform choice.
+    rare_class_exponent: float = 0.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -186,7 +189,8 @@ class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
                       sampling_probabilities=None, pad_sides=None,
                       probabilistic_oversampling=self.probabilistic_oversampling)
         dl_tr = DomainBalancedDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size,
-                                         transforms=tr_transforms, **common)
+                                         transforms=tr_transforms, rare_class_exponent=self.rare_class_exponent,
+                                         **common)
         dl_val = DomainBalancedDataLoader(dataset_val, self.batch_size, patch_size, patch_size,
                                           transforms=val_transforms, **common)
         n_proc = get_allowed_n_proc_DA()
