@@ -21,6 +21,7 @@ def test_demo_trainer_schedule_and_oversampling(nnunet_dirs):
     schedule = (t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch, t.ae_iterations)
     assert schedule == (40, 60, 5, 200)
     assert t.oversample_foreground_percent == pytest.approx(0.66)  # nnU-Net: 0.33
+    assert t.rare_class_exponent == pytest.approx(0.5)  # nnU-Net: 0 (uniform over the case's classes)
 
 
 def _logger_with_two_epochs(tmp_path) -> MetaLogger:
