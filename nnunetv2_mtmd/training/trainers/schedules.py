@@ -84,8 +84,8 @@ class nnUNetTrainerMTMD_demo(with_schedule(nnUNetTrainerMTMD, "demo", 40, 60, 5,
     #: case's structures): in a knee case the fibular head then gets about 41 % of the forced slots
     #: instead of 25 %, the patella 34 %, the femur and tibia 12-14 % each.
     rare_class_exponent = 0.5
-    #: nnU-Net redraws its 3000x5400-pixel progress.png after every epoch: about 1 s on 2 CPU cores,
-    #: 5-10 % of a demo epoch.
+    #: nnU-Net redraws its 3000x5400-pixel progress.png after every epoch: 1.3-1.4 s measured on this
+    #: 2-core machine (host slow), 5-10 % of a demo epoch.
     plot_every = 5
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -115,6 +115,6 @@ nnUNetTrainerMTMD_resumetest = with_schedule(nnUNetTrainerMTMD, "resumetest", 3,
 DEBUG_TRAINERS = {name: with_schedule(cls, "debug", 1, 3, 2, ae_iterations=20) for name, cls in SCHEMES.items()}
 globals().update({cls.__name__: cls for cls in DEBUG_TRAINERS.values()})
 
-__all__ = ["nnUNetTrainerMTMD_1epoch", "nnUNetTrainerMTMD_5epochs", "nnUNetTrainerMTMD_demo", "progress_plot_skipped",
+__all__ = ["nnUNetTrainerMTMD_1epoch", "nnUNetTrainerMTMD_5epochs", "nnUNetTrainerMTMD_demo",
            "nnUNetTrainerMTMD_resumetest", "with_schedule",
            *(cls.__name__ for cls in DEBUG_TRAINERS.values())]
