@@ -621,7 +621,7 @@ class StudyOptions:
     merged_id: int = MERGED_ID
     merged_name: str = MERGED_NAME
     num_processes: int = 2
-    n_proc_da: int = 1
+    n_proc_da: int = 0
     report: Path | None = None
     dry_run: bool = False
     measure_iterations: int = 10
