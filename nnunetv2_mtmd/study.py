@@ -1074,6 +1074,8 @@ class Study:
             logger.info("[report] nothing evaluated yet: no report written.")
             return
         text = build_report(self, load_json(ev_file))
+        if self.report_path.is_file():
+            text = keep_discussion(text, self.report_path.read_text(encoding="utf-8"))
         self.report_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.report_path.with_name(f".{self.report_path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
@@ -1224,6 +1226,43 @@ def ks_table(compare_json: Mapping[str, Any]) -> str:
 def _read_similarity(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+DISCUSSION_HEADING = "## Discussion"
+DISCUSSION_PLACEHOLDER = "**To be written by a human after reading the numbers.**"
+
+
+def _discussion_span(text: str) -> tuple[int, int] | None:
+    """Start and end offsets of the ``## Discussion`` section of a report (up to the next ``## ``
+    heading or the end), or None."""
+    lines = text.splitlines(keepends=True)
+    start = None
+    pos = 0
+    for line in lines:
+        if start is None and line.rstrip() == DISCUSSION_HEADING:
+            start = pos
+        elif start is not None and line.startswith("## "):
+            return start, pos
+        pos += len(line)
+    return None if start is None else (start, len(text))
+
+
+def keep_discussion(new_text: str, old_text: str) -> str:
+    """``new_text`` with its placeholder discussion replaced by the discussion of ``old_text``, when
+    a human has written one there (the section no longer holds :data:`DISCUSSION_PLACEHOLDER`).
+
+    The report is regenerated whenever a fold is evaluated; this keeps the written discussion instead
+    of overwriting it. The kept text is not checked against the new numbers: reread it when they
+    change."""
+    old_span, new_span = _discussion_span(old_text), _discussion_span(new_text)
+    if old_span is None or new_span is None:
+        return new_text
+    old_section = old_text[old_span[0]:old_span[1]]
+    if DISCUSSION_PLACEHOLDER in old_section:
+        return new_text
+    if not old_section.endswith("\n"):
+        old_section += "\n"
+    return new_text[:new_span[0]] + old_section + new_text[new_span[1]:]
 
 
 def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
@@ -1400,9 +1439,10 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
     add("")
     add("</details>")
     add("")
-    add("## Discussion")
+    add(DISCUSSION_HEADING)
     add("")
-    add("> **To be written by a human after reading the numbers.** The script does not draw conclusions. Points "
+    add(f"> {DISCUSSION_PLACEHOLDER} The script does not draw conclusions (a discussion written here is kept "
+        "when the report is regenerated). Points "
         "to address: did every Individual baseline learn (check above); which differences are larger than the "
         "fold-to-fold and case-to-case spread; what the KS p-values say (and that with few cases and many slices "
         "per case, slices are not independent samples); the effect of post-processing; the limits of this budget "

@@ -33,6 +33,7 @@ from nnunetv2_mtmd.study import (
     estimate_hours,
     find_sources,
     individual_splits,
+    keep_discussion,
     ks_table,
     metric_table,
     remap_labels,
@@ -359,6 +360,27 @@ def test_metric_and_ks_tables():
 
 
 # ---------------------------------------------------------------------------------- trainers
+PLACEHOLDER = "## Discussion\n\n> **To be written by a human after reading the numbers.** Points...\n"
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    # a written discussion replaces the new placeholder, sections after it stay the new ones
+    ("# R\nold 0.5\n## Discussion\n\nMine.\n", "# R\nnew 0.7\n" + PLACEHOLDER,
+     "# R\nnew 0.7\n## Discussion\n\nMine.\n"),
+    ("# R\n## Discussion\nMine.\n## Appendix\nold\n", "# R\n" + PLACEHOLDER + "## Appendix\nnew\n",
+     "# R\n## Discussion\nMine.\n## Appendix\nnew\n"),
+    # no newline at the end of the written text
+    ("## Discussion\nMine.", PLACEHOLDER + "## Commands\nx\n", "## Discussion\nMine.\n## Commands\nx\n"),
+    # still the placeholder, or no discussion at all in the old report: the new text unchanged
+    ("# R\n" + PLACEHOLDER, "# R\nnew\n" + PLACEHOLDER, "# R\nnew\n" + PLACEHOLDER),
+    ("# R\nno section\n", "# R\n" + PLACEHOLDER, "# R\n" + PLACEHOLDER),
+    # "### Discussion of x" is not the section
+    ("### Discussion\nsub\n", "# R\n" + PLACEHOLDER, "# R\n" + PLACEHOLDER),
+])
+def test_keep_discussion(old, new, expected):
+    assert keep_discussion(new, old) == expected
+
+
 def test_study_trainers_match_the_scheme_table_and_apply_the_budget():
     from nnunetv2_mtmd.training.trainers import __all__ as exported
     from nnunetv2_mtmd.training.trainers.study import STUDY_TRAINERS, apply_study_budget
@@ -482,9 +504,13 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     assert evaluated["folds"] == [0] and evaluated["best_multi_domain"] == "DSL"
     assert list((report.parent / "results").glob("tsne_*.png"))
 
+    # a discussion written into the report survives the regeneration of the resume
+    head, _, _ = text.partition("## Discussion")
+    report.write_text(head + "## Discussion\n\nDSL was no better here (2 iterations).\n")
     # resume with the recorded options: nothing is trained or evaluated again
     proc = _cli(["--workdir", str(work)], env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert report.read_text().endswith("## Discussion\n\nDSL was no better here (2 iterations).\n")
     assert proc.stderr.count("done (skipped)") == 4
     assert "already evaluated (skipped)" in proc.stderr
     again = json.loads((work / "state.json").read_text())
