@@ -48,8 +48,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
@@ -88,6 +90,9 @@ LEARNED_DICE = 0.5
 BUDGET_ENV = "MTMD_STUDY_BUDGET"
 #: Set to "1" by ``--stage measure``: the study trainers skip nnU-Net's final validation.
 MEASURE_ENV = "MTMD_STUDY_MEASURE"
+#: Torch CPU threads of a study training (read by the study trainers; nnU-Net's ``-device cpu`` sets all
+#: cores, which oversubscribes the CPU when ``--jobs`` trainings run at once).
+THREADS_ENV = "MTMD_TORCH_THREADS"
 WORKDIR_ENV = "MTMD_STUDY_DIR"
 
 INDIVIDUAL = "Individual"
@@ -453,6 +458,8 @@ class StudyState:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        # --jobs > 1: trainings finish in worker threads, which record their commands and seconds here
+        self._lock = threading.RLock()
         if self.path.is_file():
             self.data = load_json(self.path)
             if self.data.get("version") != STATE_VERSION:
@@ -484,27 +491,31 @@ class StudyState:
         return step in self.data["done"]
 
     def mark_done(self, step: str, **info: Any) -> None:
-        self.data["done"][step] = {"at": _now(), **info}
-        self.save()
+        with self._lock:
+            self.data["done"][step] = {"at": _now(), **info}
+            self.save()
 
     def unmark(self, step: str) -> None:
         if self.data["done"].pop(step, None) is not None:
             self.save()
 
     def add_seconds(self, key: str, seconds: float) -> None:
-        self.data["seconds"][key] = self.data["seconds"].get(key, 0.0) + float(seconds)
-        self.save()
-
-    def add_command(self, command: str) -> None:
-        if command not in self.data["commands"]:
-            self.data["commands"].append(command)
+        with self._lock:
+            self.data["seconds"][key] = self.data["seconds"].get(key, 0.0) + float(seconds)
             self.save()
 
+    def add_command(self, command: str) -> None:
+        with self._lock:
+            if command not in self.data["commands"]:
+                self.data["commands"].append(command)
+                self.save()
+
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        os.replace(tmp, self.path)
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text(json.dumps(self.data, indent=2))
+            os.replace(tmp, self.path)
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -622,6 +633,7 @@ class StudyOptions:
     merged_name: str = MERGED_NAME
     num_processes: int = 2
     n_proc_da: int = 0
+    jobs: int = 1
     report: Path | None = None
     dry_run: bool = False
     measure_iterations: int = 10
@@ -700,8 +712,12 @@ class Study:
         env.update(self.budget.env())
         env.pop(MEASURE_ENV, None)
         env.pop("nnUNet_n_proc_DA", None)  # planning crashes with it (DESIGN.md); set for training only
+        env.pop(THREADS_ENV, None)
         if train:
             env["nnUNet_n_proc_DA"] = str(self.opts.n_proc_da)
+            if self.opts.jobs > 1:
+                threads = str(job_threads(self.opts.jobs))
+                env.update({THREADS_ENV: threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
         return env
 
     def run_cmd(self, step: str, cmd: list[str], log_name: str, env: dict[str, str] | None = None) -> float:
@@ -941,32 +957,72 @@ class Study:
     def eval_folds(self) -> list[int]:
         return sorted({*self.state.data.get("folds", []), *self.folds})
 
-    def train(self, evaluate_as_we_go: bool = False) -> None:
+    def _train_one(self, fold: int, scheme: str, dataset: str, trainer: str, status: str) -> None:
+        key = f"train:fold{fold}:{scheme}:{dataset}"
+        if not self.dry:
+            logger.info("[train] fold %d %s on %s: %s", fold, scheme, dataset,
+                        {"new": "starting", "resume": "continuing from a checkpoint (--c)",
+                         "validate": "running the final validation (--val)"}[status])
+        secs = self.run_cmd(f"train fold {fold} {scheme} {dataset}", train_command(dataset, fold, trainer, status),
+                            f"train_fold{fold}_{scheme}_{dataset}", self.env(train=True))
+        if not self.dry:
+            self.state.add_seconds(key, secs)
+            if self.run_status(dataset, trainer, fold) != "done":
+                raise StudyError(f"nnUNetv2_train for fold {fold} {scheme} on {dataset} ended without a "
+                                 "complete validation folder; see the log in DIR/logs.")
+            self.state.mark_done(key, seconds=self.state.data["seconds"][key])
+
+    def pending_trainings(self) -> list[tuple[int, str, str, str, str]]:
+        """``(fold, scheme, dataset, trainer, status)`` of every model still to train, in study order;
+        models already done are marked done in the state on the way."""
+        out = []
         for fold in self.folds:
             for scheme, dataset, trainer in self.runs(fold):
                 status = self.run_status(dataset, trainer, fold)
-                key = f"train:fold{fold}:{scheme}:{dataset}"
                 if status == "done":
+                    key = f"train:fold{fold}:{scheme}:{dataset}"
                     if not self.dry and not self.state.is_done(key):
                         self.state.mark_done(key)
                     logger.info("[train] fold %d %s on %s: done (skipped)", fold, scheme, dataset)
                     continue
-                if not self.dry:
-                    logger.info("[train] fold %d %s on %s: %s", fold, scheme, dataset,
-                                {"new": "starting", "resume": "continuing from a checkpoint (--c)",
-                                 "validate": "running the final validation (--val)"}[status])
-                secs = self.run_cmd(f"train fold {fold} {scheme} {dataset}",
-                                    train_command(dataset, fold, trainer, status),
-                                    f"train_fold{fold}_{scheme}_{dataset}", self.env(train=True))
-                if not self.dry:
-                    self.state.add_seconds(key, secs)
-                    if self.run_status(dataset, trainer, fold) != "done":
-                        raise StudyError(f"nnUNetv2_train for fold {fold} {scheme} on {dataset} ended without a "
-                                         "complete validation folder; see the log in DIR/logs.")
-                    self.state.mark_done(key, seconds=self.state.data["seconds"][key])
-            if evaluate_as_we_go and not self.dry and self.fold_complete(fold):
-                self.evaluate()
-                self.report()
+                out.append((fold, scheme, dataset, trainer, status))
+        return out
+
+    def train(self, evaluate_as_we_go: bool = False) -> None:
+        """Train every pending model; with ``jobs > 1`` that many at once (in study order, each with
+        ``cores // jobs`` torch threads). A fold is evaluated and reported as soon as it is complete."""
+        pending = self.pending_trainings()
+        evaluated: set[int] = set()
+
+        def evaluate_complete_folds() -> None:
+            if not evaluate_as_we_go or self.dry:
+                return
+            for fold in self.folds:
+                if fold not in evaluated and self.fold_complete(fold):
+                    evaluated.add(fold)
+                    self.evaluate()
+                    self.report()
+
+        if self.opts.jobs <= 1 or self.dry:
+            for item in pending:
+                self._train_one(*item)
+                evaluate_complete_folds()
+            evaluate_complete_folds()
+            return
+        logger.info("[train] %d trainings at once, %d torch thread(s) each", self.opts.jobs,
+                    job_threads(self.opts.jobs))
+        with ThreadPoolExecutor(max_workers=self.opts.jobs) as pool:
+            futures = [pool.submit(self._train_one, *item) for item in pending]
+            try:
+                for fut in as_completed(futures):
+                    fut.result()
+                    evaluate_complete_folds()
+            except BaseException:
+                # models already running continue to their end (each checkpoints every epoch anyway)
+                for f in futures:
+                    f.cancel()
+                raise
+        evaluate_complete_folds()
 
     # ---------------------------------------------------------------------------- evaluate
     def complete_folds(self) -> list[int]:
@@ -1449,6 +1505,12 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
         "(coarse spacing, short schedule, CPU) compared with the paper's.")
     add("")
     return "\n".join(L)
+
+
+def job_threads(jobs: int, cores: int | None = None) -> int:
+    """Torch threads per training when ``jobs`` trainings share ``cores`` (default: ``os.cpu_count()``)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, jobs))
 
 
 def study_command(study: Study) -> list[str]:

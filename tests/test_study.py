@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,6 +26,7 @@ from nnunetv2_mtmd.study import (
     BUDGET_ENV,
     SCHEME_TRAINERS,
     StudyBudget,
+    StudyError,
     StudyState,
     budget_rows,
     coarse_2d_plans,
@@ -328,6 +331,86 @@ def test_study_takes_recorded_options_and_refuses_a_different_budget(tmp_path):
     assert "study stage 'report'" in (work / "study_log.txt").read_text()
 
 
+@pytest.mark.parametrize("jobs, cores, threads", [(1, 2, 2), (2, 2, 1), (3, 2, 1), (2, 16, 8), (3, 16, 5)])
+def test_job_threads(jobs, cores, threads):
+    from nnunetv2_mtmd.study import job_threads
+
+    assert job_threads(jobs, cores) == threads
+
+
+def test_training_env_limits_threads_only_with_jobs(tmp_path, monkeypatch):
+    from nnunetv2_mtmd.study import THREADS_ENV, Study, StudyOptions, job_threads
+
+    src = _sources(tmp_path, n_cases=1)
+    monkeypatch.setenv(THREADS_ENV, "7")  # inherited from the caller: never passed on unchanged
+    one = Study(StudyOptions(tmp_path / "w1", sources_dir=src))
+    assert THREADS_ENV not in one.env(train=True) and THREADS_ENV not in one.env()
+    assert one.env(train=True)["nnUNet_n_proc_DA"] == "0"
+    two = Study(StudyOptions(tmp_path / "w2", sources_dir=src, jobs=2))
+    env = two.env(train=True)
+    n = str(job_threads(2))
+    assert (env[THREADS_ENV], env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == (n, n, n)
+    assert THREADS_ENV not in two.env()  # planning, preprocessing, evaluation keep their threads
+
+
+class _FakeTrainings:
+    """A Study whose trainings are sleeps: records how many overlap and when folds are evaluated."""
+
+    def __init__(self, study, runs, fail=None):
+        self.study, self.lock, self.running, self.max_running = study, threading.Lock(), 0, 0
+        self.done, self.events, self.fail = set(), [], fail
+        study.pending_trainings = lambda: list(runs)
+        study._train_one = self.train_one
+        study.fold_complete = lambda fold: all((f, s) in self.done for f, s, *_ in runs if f == fold)
+        study.evaluate = lambda: self.events.append(("evaluate", sorted(self.done)))
+        study.report = lambda: self.events.append(("report",))
+
+    def train_one(self, fold, scheme, dataset, trainer, status):
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        time.sleep(0.3 if scheme == "slow" else 0.1)
+        with self.lock:
+            self.running -= 1
+            self.done.add((fold, scheme))
+        if (fold, scheme) == self.fail:
+            raise StudyError(f"fold {fold} {scheme} failed")
+
+
+@pytest.mark.parametrize("jobs, expected_max", [(1, 1), (2, 2), (3, 3)])
+def test_train_runs_jobs_at_once_and_evaluates_each_fold_when_complete(tmp_path, jobs, expected_max):
+    from nnunetv2_mtmd.study import Study, StudyOptions
+
+    runs = [(0, "a", "D", "T", "new"), (0, "slow", "D", "T", "new"), (1, "a", "D", "T", "new"),
+            (1, "b", "D", "T", "new")]
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=_sources(tmp_path, n_cases=1), folds=[0, 1], jobs=jobs))
+    fake = _FakeTrainings(study, runs)
+    study.train(evaluate_as_we_go=True)
+    assert fake.max_running == expected_max
+    assert fake.done == {(0, "a"), (0, "slow"), (1, "a"), (1, "b")}
+    evals = [e[1] for e in fake.events if e[0] == "evaluate"]
+    assert len(evals) == 2 and [e[0] for e in fake.events].count("report") == 2  # once per fold
+    # each evaluation came when one more fold had all its models (with jobs, fold 1 may finish first)
+    folds_complete = [sum(all(tuple(r[:2]) in snap for r in runs if r[0] == f) for f in (0, 1)) for snap in evals]
+    assert folds_complete == [1, 2]
+    if jobs == 1:
+        assert set(evals[0]) == {(0, "a"), (0, "slow")}
+
+
+def test_parallel_train_failure_stops_new_trainings_and_raises(tmp_path):
+    from nnunetv2_mtmd.study import Study, StudyOptions
+
+    runs = [(0, "a", "D", "T", "new"), (0, "slow", "D", "T", "new")] + [(1, f"s{i}", "D", "T", "new")
+                                                                      for i in range(6)]
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=_sources(tmp_path, n_cases=1), folds=[0, 1], jobs=2))
+    fake = _FakeTrainings(study, runs, fail=(0, "a"))
+    with pytest.raises(StudyError, match="fold 0 a failed"):
+        study.train(evaluate_as_we_go=True)
+    assert (0, "slow") in fake.done  # the running one finished
+    assert len(fake.done) < len(runs)  # the queued ones were not started
+    assert not [e for e in fake.events if e[0] == "evaluate"]
+
+
 # ------------------------------------------------------------------------------------ report
 def _stat(mean, std, n=2, undef=0):
     return {"mean": mean, "std": std, "n": n, "n_undefined": undef}
@@ -465,7 +548,7 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
             "--schemes", "Individual", "DSL", "--iterations", "2", "--epochs", "1", "--val-iterations", "1",
             "--ae-iterations", "2",
             "--batch-size", "6", "--spacing", "1", "--patch-size", "16", "--max-features", "32", "-np", "1",
-            "--n-proc-da", "0", "--skip-verify", "--report", str(report)]
+            "--n-proc-da", "0", "--skip-verify", "--report", str(report), "--jobs", "2"]
     proc = _cli(args, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -488,6 +571,12 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     log = next((work / "nnUNet_results" / "Dataset950_MSKBonesMR" / "nnUNetTrainerMTMD_DSL_study__nnUNetPlans_study__2d"
                 / "fold_0").glob("training_log_*.txt")).read_text()
     assert "1 epochs x 6 iterations = 6 iterations" in log
+    # --jobs 2: two trainings at once, each with its share of the cores
+    from nnunetv2_mtmd.study import THREADS_ENV, job_threads
+
+    n = job_threads(2)
+    assert f"{THREADS_ENV}={n}: torch uses {n} CPU thread(s)" in log
+    assert "2 trainings at once" in proc.stderr
 
     text = report.read_text()
     assert "## Results without post-processing" in text and "## Results with the paper's post-processing" in text

@@ -90,3 +90,39 @@ def test_study_budget_switches_every_scheme_including_individual(nnunet_dirs, mo
     rot, _, _, mirror = t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
     assert (mirror is None) == fixed
     assert rot[1] == pytest.approx(math.pi / 6 if fixed else math.pi)
+
+
+@pytest.mark.parametrize("raw, expected", [(None, None), ("", None), ("1", 1), ("3", 3)])
+def test_study_torch_threads_reads_the_environment(raw, expected):
+    from nnunetv2_mtmd.study import THREADS_ENV
+    from nnunetv2_mtmd.training.trainers.study import study_torch_threads
+
+    assert study_torch_threads({} if raw is None else {THREADS_ENV: raw}) == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "-2", "two", "1.5"])
+def test_study_torch_threads_refuses_bad_values(raw):
+    from nnunetv2_mtmd.study import THREADS_ENV
+    from nnunetv2_mtmd.training.trainers.study import study_torch_threads
+
+    with pytest.raises(ValueError, match=f"{THREADS_ENV} must be a positive integer.*found '{raw}'"):
+        study_torch_threads({THREADS_ENV: raw})
+
+
+def test_study_trainer_sets_torch_threads_from_the_environment(nnunet_dirs, monkeypatch):
+    """nnUNetv2_train -device cpu sets every core; a study training of --jobs 2 must use its share."""
+    from nnunetv2_mtmd.study import THREADS_ENV
+    from nnunetv2_mtmd.training.trainers.study import nnUNetTrainer_study
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv(THREADS_ENV, "1")
+        nnUNetTrainer_study(_plans(), "2d", 0, DATASET_JSON, torch.device("cpu"))
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        monkeypatch.delenv(THREADS_ENV)
+        nnUNetTrainer_study(_plans(), "2d", 0, DATASET_JSON, torch.device("cpu"))
+        assert torch.get_num_threads() == 2  # unset: nnU-Net's choice stays
+    finally:
+        torch.set_num_threads(before)

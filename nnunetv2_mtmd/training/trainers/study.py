@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_mtmd.study import MEASURE_ENV, StudyBudget
+from nnunetv2_mtmd.study import MEASURE_ENV, THREADS_ENV, StudyBudget
 from nnunetv2_mtmd.training.orientation import fixed_orientation_config
 from nnunetv2_mtmd.training.trainers.schemes import SCHEMES
 
@@ -50,12 +50,33 @@ def apply_study_budget(trainer: nnUNetTrainer, num_domains: int, budget: StudyBu
     return budget
 
 
+def study_torch_threads(environ: dict[str, str] | None = None) -> int | None:
+    """The thread count in ``MTMD_TORCH_THREADS`` (None when unset); a clear error when it is not a
+    positive integer."""
+    raw = (os.environ if environ is None else environ).get(THREADS_ENV)
+    if raw is None or raw == "":
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{THREADS_ENV} must be a positive integer (torch CPU threads), found {raw!r}; unset it "
+                         "to keep nnU-Net's choice.")
+    return n
+
+
 class _StudyMixin:
     """Applies the study budget after the base trainer's ``__init__``; K = 1 for stock nnU-Net."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        threads = study_torch_threads()
+        if threads is not None and self.device.type == "cpu":
+            # nnUNetv2_train -device cpu set every core; the study runs --jobs trainings side by side
+            torch.set_num_threads(threads)
+            self.print_to_log_file(f"{THREADS_ENV}={threads}: torch uses {threads} CPU thread(s)")
         spec = getattr(self, "domain_spec", None)
         self.study_budget = apply_study_budget(self, spec.num_domains if spec is not None else 1)
         self._study_measuring = os.environ.get(MEASURE_ENV) == "1"
