@@ -109,7 +109,7 @@ SCHEME_TRAINERS: dict[str, str] = {
 }
 SCHEME_LABELS: dict[str, str] = {s: s.replace("_", "+") for s in SCHEME_TRAINERS}
 DEFAULT_SCHEMES = ("Individual", "Shared", "DSL", "DSL_MSC", "DSL_MJAP", "DSL_MSC_MJAP")
-STAGES = ("all", "prepare", "train", "evaluate", "report", "measure")
+STAGES = ("all", "prepare", "train", "evaluate", "report", "measure", "status")
 #: Metrics of the report tables (keys of evaluate's summary.json) and their headings.
 REPORT_METRICS = {"dice": "Dice", "assd_mm": "ASSD (mm)", "mssd_mm": "MSSD (mm)"}
 EVAL_VARIANTS = {"raw": "without post-processing", "postprocessed": "with the paper's post-processing"}
@@ -442,6 +442,58 @@ def train_command(dataset: str, fold: int, trainer: str, status: str, plans_name
 
 
 _EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
+_EPOCH_START = re.compile(r"^\S+ \S+ Epoch (\d+)\s*$", re.MULTILINE)
+
+
+def epochs_completed(fold_dir: Path, num_epochs: int) -> int:
+    """Epochs a training in ``fold_dir`` has completed, from nnU-Net's logs: all of them once
+    ``checkpoint_final.pth`` exists, else the index of the last epoch it started (0-based, so the
+    count of the epochs before it); 0 without logs."""
+    fold_dir = Path(fold_dir)
+    if (fold_dir / "checkpoint_final.pth").is_file():
+        return num_epochs
+    started = [int(m.group(1)) for log in sorted(fold_dir.glob("training_log_*.txt"))
+               for m in _EPOCH_START.finditer(log.read_text(errors="replace"))]
+    return min(max(started, default=0), num_epochs)
+
+
+def format_progress(rows: Sequence[Mapping[str, Any]], jobs: int = 1) -> str:
+    """The ``--stage status`` table and the remaining-time estimate.
+
+    Each row: ``fold, scheme, dataset, state, epochs_done, epochs, iterations_left, s_per_it`` (the
+    model's median seconds per iteration, None if it has not logged an epoch). A model without its
+    own timing is estimated with the median of the measured models of its kind (Individual or
+    multi-domain), else of all measured models; the total is divided by ``jobs``."""
+    measured: dict[bool, list[float]] = {True: [], False: []}
+    for r in rows:
+        if r["s_per_it"] is not None:
+            measured[r["scheme"] == INDIVIDUAL].append(r["s_per_it"])
+    everything = measured[True] + measured[False]
+    lines = ["| fold | scheme | dataset | state | epochs | iterations left | s per iteration |",
+             "|---|---|---|---|---|---|---|"]
+    left_s, unknown = 0.0, 0
+    for r in rows:
+        spi = r["s_per_it"]
+        kind = measured[r["scheme"] == INDIVIDUAL] or everything
+        est = spi if spi is not None else (float(np.median(kind)) if kind else None)
+        if r["iterations_left"]:
+            if est is None:
+                unknown += 1
+            else:
+                left_s += r["iterations_left"] * est
+        spi_txt = f"{spi:.3f}" if spi is not None else (f"~{est:.3f} (estimate)" if est is not None else "n/a")
+        lines.append(f"| {r['fold']} | {r['scheme']} | {r['dataset']} | {r['state']} | "
+                     f"{r['epochs_done']}/{r['epochs']} | {r['iterations_left']} | {spi_txt} |")
+    done = sum(r["state"] == "done" for r in rows)
+    lines.append("")
+    lines.append(f"{done} of {len(rows)} models done.")
+    if done < len(rows):
+        if unknown:
+            lines.append(f"Remaining time: unknown ({unknown} model(s) to train and no epoch timed yet).")
+        else:
+            lines.append(f"Remaining training time: about {left_s / 3600 / max(1, jobs):.1f} h with --jobs {jobs} "
+                         "(at the seconds per iteration measured so far; evaluation not included).")
+    return "\n".join(lines)
 
 
 def epoch_times(fold_dir: Path) -> list[float]:
@@ -799,10 +851,36 @@ class Study:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def progress(self) -> list[dict[str, Any]]:
+        """One row per model of every requested fold and scheme (see :func:`format_progress`); reads
+        files only, so it works while the study runs."""
+        rows = []
+        for fold in self.eval_folds:
+            for scheme, dataset, trainer in self.runs(fold, self.eval_schemes):
+                k = 1 if scheme == INDIVIDUAL else self.k
+                per_epoch = self.budget.iterations_per_epoch(k)
+                fd = fold_folder(self.results, dataset, trainer, fold)
+                status = self.run_status(dataset, trainer, fold)
+                done_ep = epochs_completed(fd, self.budget.epochs)
+                times = epoch_times(fd)
+                state = {"done": "done", "validate": "final validation missing", "new": "not started"}.get(
+                    status, f"training (epoch {done_ep + 1})")
+                rows.append({"fold": fold, "scheme": scheme, "dataset": dataset, "state": state,
+                             "epochs_done": done_ep, "epochs": self.budget.epochs,
+                             "iterations_left": (self.budget.epochs - done_ep) * per_epoch,
+                             "s_per_it": float(np.median(times)) / per_epoch if times else None})
+        return rows
+
     # --------------------------------------------------------------------------------- run
     def run(self, stage: str = "all") -> None:
         if stage not in STAGES:
             raise InputDataError(f"Unknown stage {stage!r}; choose from {', '.join(STAGES)}.")
+        if stage == "status":  # read-only: no lock, so it works beside a running study
+            if self.state.config is None:
+                raise InputDataError(f"No study in {self.dir} yet (no state.json with a configuration); start one "
+                                     "with --stage all.")
+            print(format_progress(self.progress(), self.opts.jobs))
+            return
         with self.lock():
             self._setup_logging()
             if not self.dry:

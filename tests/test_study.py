@@ -33,8 +33,10 @@ from nnunetv2_mtmd.study import (
     config_differences,
     domain_mean_dice,
     epoch_times,
+    epochs_completed,
     estimate_hours,
     find_sources,
+    format_progress,
     individual_splits,
     keep_discussion,
     ks_table,
@@ -409,6 +411,66 @@ def test_parallel_train_failure_stops_new_trainings_and_raises(tmp_path):
     assert (0, "slow") in fake.done  # the running one finished
     assert len(fake.done) < len(runs)  # the queued ones were not started
     assert not [e for e in fake.events if e[0] == "evaluate"]
+
+
+# ---------------------------------------------------------------------------------- status
+_LOG = "2026-11-22 09:30:08.949156: Epoch {e}\n2026-11-22 09:30:09.1: Current learning rate: 0.006\n"
+
+
+@pytest.mark.parametrize("logs, final, expected", [
+    ([], False, 0),                                   # nothing logged yet
+    (["0"], False, 0),                                # epoch 0 running
+    (["0", "1", "2"], False, 2),                      # epochs 0 and 1 complete
+    (["0", "1"], True, 30),                           # checkpoint_final: all epochs
+    ([["0", "1", "2"], ["2", "3"]], False, 3),        # resumed into a second log file
+    (["31"], False, 30),                              # never more than the budget
+])
+def test_epochs_completed(tmp_path, logs, final, expected):
+    for i, epochs in enumerate(logs if logs and isinstance(logs[0], list) else [logs] if logs else []):
+        (tmp_path / f"training_log_2026_11_22_0{i}_00_00.txt").write_text(
+            "header\n" + "".join(_LOG.format(e=e) for e in epochs))
+    if final:
+        (tmp_path / "checkpoint_final.pth").write_bytes(b"x")
+    assert epochs_completed(tmp_path, 30) == expected
+
+
+def _row(scheme, state, left, spi, fold=0):
+    return {"fold": fold, "scheme": scheme, "dataset": "D", "state": state, "epochs_done": 0, "epochs": 30,
+            "iterations_left": left, "s_per_it": spi}
+
+
+def test_format_progress_estimates_untimed_models_by_kind():
+    rows = [_row("Individual", "done", 0, 0.2), _row("Individual", "training (epoch 3)", 1000, 0.4),
+            _row("Individual", "not started", 3000, None), _row("DSL", "training (epoch 2)", 9000, 0.5),
+            _row("DSL_MSC", "not started", 9000, None)]
+    text = format_progress(rows, jobs=2)
+    # 1000 * 0.4 + 3000 * median(0.2, 0.4) + 9000 * 0.5 + 9000 * 0.5 = 400 + 900 + 4500 + 4500 = 10300 s
+    assert "about 1.4 h with --jobs 2" in text  # 10300 / 3600 / 2 = 1.43
+    assert "~0.300 (estimate)" in text and "~0.500 (estimate)" in text
+    assert "1 of 5 models done." in text
+    assert "about 2.9 h with --jobs 1" in format_progress(rows)
+
+
+def test_format_progress_without_any_timing_says_unknown():
+    text = format_progress([_row("Individual", "not started", 3000, None), _row("DSL", "done", 0, None)])
+    assert "unknown (1 model(s) to train and no epoch timed yet)" in text and "n/a" in text
+    assert "Remaining" not in format_progress([_row("DSL", "done", 0, 0.3)])
+
+
+def test_status_stage_needs_a_study_and_reads_progress(tmp_path, capsys):
+    from nnunetv2_mtmd.study import Study, StudyOptions
+
+    src = _sources(tmp_path, n_cases=1)
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=src, schemes=["Individual", "DSL"], folds=[0]))
+    with pytest.raises(InputDataError, match="No study in .* yet"):
+        study.run("status")
+    study.run("report")  # records the configuration only
+    capsys.readouterr()
+    Study(StudyOptions(tmp_path / "w")).run("status")
+    out = capsys.readouterr().out
+    assert out.count("| not started | 0/30 |") == 4  # 3 Individual models + DSL
+    assert "| 0 | DSL | Dataset950_MSKBonesMR | not started | 0/30 | 9000 |" in out  # K x I = 3 x 3000
+    assert "unknown (4 model(s)" in out
 
 
 # ------------------------------------------------------------------------------------ report

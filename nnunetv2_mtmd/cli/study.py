@@ -23,7 +23,8 @@ Stages (--stage): prepare (copy + merge + plan + coarse plans variant + preproce
 nnUNetv2_mtmd_evaluate with and without post-processing, nnUNetv2_mtmd_compare,
 nnUNetv2_mtmd_embeddings of the best multi-domain scheme), report (results.md). 'all' runs them in
 order and evaluates + reports after every finished fold. 'measure' times a few iterations of every
-trainer (after prepare) and prints the expected hours of the budget.
+trainer (after prepare) and prints the expected hours of the budget. 'status' prints every model's
+state and the remaining training time (read-only; works while the study runs; pass --jobs as used).
 
 Budget options default to the values recorded in DIR/state.json (first run: the documented default
 budget); a run with different values than the recorded ones is refused. See docs/study.md.
