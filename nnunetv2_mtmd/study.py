@@ -1470,9 +1470,9 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
     add("")
     add("Wall time: the `nnUNetv2_train` subprocesses as timed by the study (training, per-epoch validation and "
         "nnU-Net's final validation); where the study ran with `--jobs N` (N > 1), N models trained at once on "
-        "a share of the cores each, so these times overlap and each is longer than it would be alone. Seconds per iteration: nnU-Net's logged epoch time "
-        "divided by the training iterations per epoch (the epoch time includes the pseudo-Dice batches), median "
-        "over the epochs.")
+        "a share of the cores each, so these times overlap and each is longer than it would be alone. Seconds "
+        "per iteration: nnU-Net's logged epoch time divided by the training iterations per epoch (the epoch time "
+        "includes the pseudo-Dice batches), median over the epochs.")
     add("")
     add("## Hardware")
     add("")
