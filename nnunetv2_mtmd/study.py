@@ -1157,7 +1157,9 @@ class Study:
         if not folds:
             logger.info("[evaluate] no fold has finished training for every scheme yet: nothing to evaluate.")
             return
-        key = f"evaluate:folds{','.join(map(str, folds))}:{','.join(schemes)}"
+        # "parts": post-processing keeps as many components as a structure has parts (evaluations made
+        # before, with one component per structure, are redone)
+        key = f"evaluate:parts:folds{','.join(map(str, folds))}:{','.join(schemes)}"
         if self.state.is_done(key):
             logger.info("[evaluate] folds %s already evaluated (skipped)", folds)
             return
@@ -1166,6 +1168,7 @@ class Study:
         ref = str(self.raw / self.merged / "labelsTr")
         np_ = str(self.opts.num_processes)
         ev = self.dir / "evaluation"
+        components = {fold: self.fold_components(fold) for fold in folds}
         for s in schemes:
             pred, pp = self.dir / "predictions" / s, self.dir / "predictions_postprocessed" / s
             self.note(f"gather the held-out predictions of {s} over folds {folds} into {pred}"
@@ -1173,8 +1176,7 @@ class Study:
             if not self.dry:
                 n = self.gather(s, folds, pred)
                 logger.info("  %s: %d held-out predictions", s, n)
-            self.run_inprocess("postprocess", "nnUNetv2_mtmd_postprocess", postprocess_cli.main,
-                               ["-i", str(pred), "-o", str(pp), "-d", merged_dir, "-np", np_, "--overwrite"])
+            self.postprocess(s, folds, pp, components, postprocess_cli.main)
             for variant, folder in (("raw", pred), ("postprocessed", pp)):
                 self.run_inprocess("evaluate", "nnUNetv2_mtmd_evaluate", evaluate_cli.main,
                                    ["-ref", ref, "-pred", str(folder), "-d", merged_dir,
@@ -1197,6 +1199,45 @@ class Study:
             save_json({"folds": folds, "schemes": schemes, "best_multi_domain": best,
                        "embeddings": str(emb) if emb else None, "at": _now()}, ev / "evaluated.json")
             self.state.mark_done(key)
+
+    def fold_components(self, fold: int) -> Path:
+        """The number of parts of every structure, counted in the training labels of ``fold`` only (the
+        held-out cases must not inform their own post-processing), as ``DIR/evaluation/components_foldX.json``."""
+        from nnunetv2_mtmd.evaluation.postprocess import expected_components, structure_names
+
+        out = self.dir / "evaluation" / f"components_fold{fold}.json"
+        self.note(f"count the parts of every structure in the training labels of fold {fold} into {out}")
+        if self.dry:
+            return out
+        fe = self.file_ending()
+        train = self.load_splits(self.merged)[fold]["train"]
+        files = [self.raw / self.merged / "labelsTr" / f"{c}{fe}" for c in train]
+        comp = expected_components(files, self.spec, fe)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_json({name: comp[lab] for name, lab in structure_names(self.spec).items()}, out)
+        return out
+
+    def postprocess(self, scheme: str, folds: Sequence[int], out: Path, components: Mapping[int, Path],
+                    main: Callable[[list[str]], int]) -> None:
+        """``nnUNetv2_mtmd_postprocess`` of each fold's held-out predictions with that fold's
+        components file, all folds together in ``out``."""
+        merged_dir = str(self.raw / self.merged)
+        by_fold = self.dir / "predictions_by_fold"
+        for fold in folds:
+            src, dst = by_fold / scheme / f"fold_{fold}", by_fold / f"{scheme}_postprocessed" / f"fold_{fold}"
+            if not self.dry:
+                self.gather(scheme, [fold], src)
+            self.run_inprocess("postprocess", "nnUNetv2_mtmd_postprocess", main,
+                               ["-i", str(src), "-o", str(dst), "-d", merged_dir, "-np", str(self.opts.num_processes),
+                                "--components", str(components[fold]), "--overwrite"])
+        if self.dry:
+            return
+        with atomic_output_dir(out, overwrite=True) as tmp:
+            for fold in folds:
+                for f in (by_fold / f"{scheme}_postprocessed" / f"fold_{fold}").iterdir():
+                    name = f"postprocessing_mtmd_fold{fold}.json" if f.name == "postprocessing_mtmd.json" else f.name
+                    if f.is_file() and not (tmp / name).exists():
+                        shutil.copyfile(f, tmp / name)
 
     # ------------------------------------------------------------------------------ report
     def report(self) -> None:
@@ -1399,6 +1440,24 @@ def keep_discussion(new_text: str, old_text: str) -> str:
     return new_text[:new_span[0]] + old_section + new_text[new_span[1]:]
 
 
+def components_text(ev_dir: Path, folds: Sequence[int]) -> str:
+    """What the post-processing kept per structure, from ``components_foldX.json`` of each fold."""
+    parts: dict[str, list[str]] = {}
+    for fold in folds:
+        f = ev_dir / f"components_fold{fold}.json"
+        if not f.is_file():
+            return ("Post-processing: largest component of every structure + 5x5x5 closing "
+                    "(`nnUNetv2_mtmd_postprocess`).")
+        several = ", ".join(f"{name} {k}" for name, k in load_json(f).items() if k > 1) or "none"
+        parts.setdefault(several, []).append(str(fold))
+    by_fold = "; ".join(f"fold{'s' if len(fs) > 1 else ''} {', '.join(fs)}: {txt}" for txt, fs in parts.items())
+    return ("Post-processing (`nnUNetv2_mtmd_postprocess`): per structure, the largest 3D component, or the k "
+            "largest for a structure made of k separate parts (both femurs under one label), then a 5x5x5 closing. "
+            "k is counted in the training labels of each fold only (components of at least 10 % of the largest, "
+            "lower median over the cases; files `components_foldX.json`). Structures with k > 1 "
+            f"({by_fold}); every other structure keeps one component, as in the paper.")
+
+
 def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
     """The text of results.md, from the files the pipeline wrote (no number typed by hand)."""
     d = study.dir
@@ -1505,6 +1564,9 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
             "rows: over all case-structure pairs; \"k undef.\": a distance is undefined when one mask is empty). "
             f"Files: `{d / 'evaluation' / '<scheme>' / variant}`.")
         add("")
+        if variant == "postprocessed":
+            add(components_text(d / "evaluation", folds))
+            add("")
         for metric, label in REPORT_METRICS.items():
             add(f"### {label}")
             add("")

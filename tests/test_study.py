@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from nnunetv2_mtmd.domains import Domain, DomainLabel, DomainSpec
 from nnunetv2_mtmd.errors import InputDataError
+from nnunetv2_mtmd.io import save_json
 from nnunetv2_mtmd.study import (
     BUDGET_ENV,
     SCHEME_TRAINERS,
@@ -30,6 +31,7 @@ from nnunetv2_mtmd.study import (
     StudyState,
     budget_rows,
     coarse_2d_plans,
+    components_text,
     config_differences,
     domain_mean_dice,
     epoch_times,
@@ -569,6 +571,9 @@ def test_cli_dry_run_prints_commands_and_writes_nothing(tmp_path):
     assert "nnUNetv2_train Dataset902_Knee 2d 1 -tr nnUNetTrainer_study -p nnUNetPlans_study -device cpu" in out
     assert "nnUNetv2_train Dataset950_MSKBonesMR 2d 1 -tr nnUNetTrainerMTMD_DSL_study" in out
     assert "nnUNetv2_mtmd_embeddings -d Dataset950_MSKBonesMR" in out
+    # post-processing per fold, with the parts counted in that fold's training labels
+    assert "# count the parts of every structure in the training labels of fold 1" in out
+    assert "--components " + str(work / "evaluation" / "components_fold1.json") in out
     assert not work.exists()
 
 
@@ -592,6 +597,34 @@ def test_cli_missing_real_data_is_a_clear_error(tmp_path):
     proc = _cli(["--workdir", str(tmp_path / "w"), "--sources", str(tmp_path / "realdata"), "--dry-run"])
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "--sources" in proc.stderr
+
+
+def test_fold_components_counts_parts_in_the_folds_training_labels_only(tmp_path):
+    from nnunetv2_mtmd.study import Study, StudyOptions
+    from tests.evaluation.test_evaluate import merged_dataset_json
+
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=_sources(tmp_path, n_cases=1)))
+    ds = study.raw / study.merged
+    (ds / "labelsTr").mkdir(parents=True)
+    (ds / "dataset.json").write_text(json.dumps(merged_dataset_json(_spec(), 4)))
+    for case, runs in [("hip_a", 2), ("hip_b", 2), ("hip_c", 1), ("knee_a", 1)]:
+        arr = np.zeros((2, 4, 12), np.uint8)
+        for r in range(runs):
+            arr[0, 1, 5 * r : 5 * r + 3] = 3 if case.startswith("hip") else 1
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(ds / "labelsTr" / f"{case}.nii.gz"))
+    (study.pre / study.merged).mkdir(parents=True)
+    splits = [{"train": ["hip_a", "hip_b", "knee_a"], "val": ["hip_c"]},
+              {"train": ["hip_c", "knee_a"], "val": ["hip_a", "hip_b"]}]
+    save_json(splits, study.pre / study.merged / "splits_final.json")
+    # fold 0 trains on the two-part hips; fold 1's only training hip has one part (its held-out hips do not count)
+    assert json.loads(study.fold_components(0).read_text()) == {"knee_femur": 1, "knee_tibia": 1, "hip_femur": 2}
+    assert json.loads(study.fold_components(1).read_text()) == {"knee_femur": 1, "knee_tibia": 1, "hip_femur": 1}
+    text = components_text(study.dir / "evaluation", [0, 1])
+    assert "(fold 0: hip_femur 2; fold 1: none)" in text
+    ev = study.dir / "evaluation"
+    (ev / "components_fold3.json").write_text((ev / "components_fold0.json").read_text())
+    assert "(folds 0, 3: hip_femur 2)" in components_text(ev, [0, 3])
+    assert "largest component of every structure" in components_text(study.dir / "evaluation", [2])
 
 
 # ------------------------------------------------------------------------------------- smoke
@@ -640,8 +673,20 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     assert f"{THREADS_ENV}={n}: torch uses {n} CPU thread(s)" in log
     assert "2 trainings at once" in proc.stderr
 
+    # post-processed fold by fold, with the parts counted in the fold's training labels (one each here)
+    comp = json.loads((work / "evaluation" / "components_fold0.json").read_text())
+    assert comp == {"ankle_calcaneus": 1, "ankle_talus": 1, "knee_femur": 1, "shoulder_humerus": 1,
+                    "shoulder_scapula": 1}
+    for scheme in ("Individual", "DSL"):
+        raw_cases = sorted(p.name for p in (work / "predictions" / scheme).glob("*.nii.gz"))
+        pp = work / "predictions_postprocessed" / scheme
+        held_out = sorted(f"{c}.nii.gz" for c in merged[0]["val"])
+        assert sorted(p.name for p in pp.glob("*.nii.gz")) == raw_cases == held_out
+        assert json.loads((pp / "postprocessing_mtmd_fold0.json").read_text())["components_kept"] == comp
+
     text = report.read_text()
     assert "## Results without post-processing" in text and "## Results with the paper's post-processing" in text
+    assert "Structures with k > 1 (fold 0: none)" in text
     assert "To be written by a human" in text
     for scheme in ("Individual", "DSL"):
         summ = json.loads((work / "evaluation" / scheme / "raw" / "summary.json").read_text())
