@@ -1107,30 +1107,21 @@ class Study:
         return [f for f in self.eval_folds if (self.pre / self.merged / "splits_final.json").is_file()
                 and self.fold_complete(f, self.eval_schemes)]
 
-    def gather(self, scheme: str, folds: Sequence[int], out: Path) -> int:
-        """Held-out predictions of ``scheme`` over ``folds`` into ``out`` (unified labels, merged case ids)."""
+    def gather(self, scheme: str, fold: int, out: Path) -> int:
+        """Held-out predictions of ``scheme``'s models of ``fold`` into ``out`` (unified labels, merged case
+        ids). Returns the number of cases."""
         fe = self.file_ending()
         n = 0
         with atomic_output_dir(out, overwrite=True) as tmp:
-            for fold in folds:
-                for _, dataset, trainer in self.runs(fold, [scheme]):
-                    val = fold_folder(self.results, dataset, trainer, fold) / "validation"
-                    files = sorted(p for p in val.iterdir() if p.name.endswith(fe))
-                    for p in files:
-                        case = p.name[: -len(fe)]
-                        if scheme == INDIVIDUAL:
-                            dom = next(d for d in self.spec.domains if d.source_dataset == dataset)
-                            target = tmp / f"{dom.case_id(case)}{fe}"
-                        else:
-                            target = tmp / p.name
-                        if target.exists():
-                            raise StudyError(f"{target.name} is predicted by two folds of {scheme}: the folds' "
-                                             "validation sets overlap; the splits are inconsistent.")
-                        if scheme == INDIVIDUAL:
-                            unify_individual_prediction(p, target, dom)
-                        else:
-                            shutil.copyfile(p, target)
-                        n += 1
+            for _, dataset, trainer in self.runs(fold, [scheme]):
+                val = fold_folder(self.results, dataset, trainer, fold) / "validation"
+                for p in sorted(p for p in val.iterdir() if p.name.endswith(fe)):
+                    if scheme == INDIVIDUAL:
+                        dom = next(d for d in self.spec.domains if d.source_dataset == dataset)
+                        unify_individual_prediction(p, tmp / f"{dom.case_id(p.name[: -len(fe)])}{fe}", dom)
+                    else:
+                        shutil.copyfile(p, tmp / p.name)
+                    n += 1
         return n
 
     def best_multi_domain_scheme(self) -> str | None:
@@ -1169,14 +1160,24 @@ class Study:
         np_ = str(self.opts.num_processes)
         ev = self.dir / "evaluation"
         components = {fold: self.fold_components(fold) for fold in folds}
+        by_fold = self.dir / "predictions_by_fold"
         for s in schemes:
             pred, pp = self.dir / "predictions" / s, self.dir / "predictions_postprocessed" / s
-            self.note(f"gather the held-out predictions of {s} over folds {folds} into {pred}"
+            raw_f = {f: by_fold / s / f"fold_{f}" for f in folds}
+            pp_f = {f: by_fold / f"{s}_postprocessed" / f"fold_{f}" for f in folds}
+            self.note(f"gather the held-out predictions of {s} of each fold {folds} into {by_fold / s}, all in {pred}"
                       + (" (labels remapped to the unified space, case ids prefixed)" if s == INDIVIDUAL else ""))
             if not self.dry:
-                n = self.gather(s, folds, pred)
-                logger.info("  %s: %d held-out predictions", s, n)
-            self.postprocess(s, folds, pp, components, postprocess_cli.main)
+                for f in folds:
+                    self.gather(s, f, raw_f[f])
+                logger.info("  %s: %d held-out predictions", s, union_folders(raw_f, pred))
+            # post-processed fold by fold: a fold's parts are counted in its own training labels
+            for f in folds:
+                self.run_inprocess("postprocess", "nnUNetv2_mtmd_postprocess", postprocess_cli.main,
+                                   ["-i", str(raw_f[f]), "-o", str(pp_f[f]), "-d", merged_dir, "-np", np_,
+                                    "--components", str(components[f]), "--overwrite"])
+            if not self.dry:
+                union_folders(pp_f, pp)
             for variant, folder in (("raw", pred), ("postprocessed", pp)):
                 self.run_inprocess("evaluate", "nnUNetv2_mtmd_evaluate", evaluate_cli.main,
                                    ["-ref", ref, "-pred", str(folder), "-d", merged_dir,
@@ -1216,28 +1217,6 @@ class Study:
         out.parent.mkdir(parents=True, exist_ok=True)
         save_json({name: comp[lab] for name, lab in structure_names(self.spec).items()}, out)
         return out
-
-    def postprocess(self, scheme: str, folds: Sequence[int], out: Path, components: Mapping[int, Path],
-                    main: Callable[[list[str]], int]) -> None:
-        """``nnUNetv2_mtmd_postprocess`` of each fold's held-out predictions with that fold's
-        components file, all folds together in ``out``."""
-        merged_dir = str(self.raw / self.merged)
-        by_fold = self.dir / "predictions_by_fold"
-        for fold in folds:
-            src, dst = by_fold / scheme / f"fold_{fold}", by_fold / f"{scheme}_postprocessed" / f"fold_{fold}"
-            if not self.dry:
-                self.gather(scheme, [fold], src)
-            self.run_inprocess("postprocess", "nnUNetv2_mtmd_postprocess", main,
-                               ["-i", str(src), "-o", str(dst), "-d", merged_dir, "-np", str(self.opts.num_processes),
-                                "--components", str(components[fold]), "--overwrite"])
-        if self.dry:
-            return
-        with atomic_output_dir(out, overwrite=True) as tmp:
-            for fold in folds:
-                for f in (by_fold / f"{scheme}_postprocessed" / f"fold_{fold}").iterdir():
-                    name = f"postprocessing_mtmd_fold{fold}.json" if f.name == "postprocessing_mtmd.json" else f.name
-                    if f.is_file() and not (tmp / name).exists():
-                        shutil.copyfile(f, tmp / name)
 
     # ------------------------------------------------------------------------------ report
     def report(self) -> None:
@@ -1438,6 +1417,26 @@ def keep_discussion(new_text: str, old_text: str) -> str:
     if not old_section.endswith("\n"):
         old_section += "\n"
     return new_text[:new_span[0]] + old_section + new_text[new_span[1]:]
+
+
+def union_folders(folders: Mapping[int, Path], out: Path) -> int:
+    """Every file of the per-fold ``folders`` into ``out`` (all or nothing); a JSON file that several folds
+    have (``postprocessing_mtmd.json``) is kept once per fold as ``<stem>_fold<i>.json``. A case file in two
+    folds is an error (their validation sets must not overlap). Returns the number of non-JSON files."""
+    n = 0
+    with atomic_output_dir(out, overwrite=True) as tmp:
+        for fold, folder in folders.items():
+            for f in sorted(folder.iterdir()):
+                if not f.is_file():
+                    continue
+                is_json = f.suffix == ".json"
+                target = tmp / (f"{f.stem}_fold{fold}.json" if is_json else f.name)
+                if target.exists():
+                    raise StudyError(f"{f.name} is predicted by two folds: the folds' validation sets overlap; "
+                                     "the splits are inconsistent.")
+                shutil.copyfile(f, target)
+                n += not is_json
+    return n
 
 
 def components_text(ev_dir: Path, folds: Sequence[int]) -> str:

@@ -48,6 +48,7 @@ from nnunetv2_mtmd.study import (
     train_command,
     training_status,
     unify_individual_prediction,
+    union_folders,
 )
 from tests.datagen import make_raw_dataset
 
@@ -597,6 +598,24 @@ def test_cli_missing_real_data_is_a_clear_error(tmp_path):
     proc = _cli(["--workdir", str(tmp_path / "w"), "--sources", str(tmp_path / "realdata"), "--dry-run"])
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "--sources" in proc.stderr
+
+
+def test_union_folders_keeps_each_folds_json_and_refuses_overlapping_folds(tmp_path):
+    folders = {}
+    for fold, cases in [(0, ["a", "b"]), (2, ["c"])]:
+        folders[fold] = tmp_path / f"fold_{fold}"
+        folders[fold].mkdir()
+        for c in cases:
+            (folders[fold] / f"{c}.nii.gz").write_text(c)
+        (folders[fold] / "postprocessing_mtmd.json").write_text(str(fold))
+    assert union_folders(folders, tmp_path / "all") == 3
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == [
+        "a.nii.gz", "b.nii.gz", "c.nii.gz", "postprocessing_mtmd_fold0.json", "postprocessing_mtmd_fold2.json"]
+    assert (tmp_path / "all" / "postprocessing_mtmd_fold2.json").read_text() == "2"
+    (folders[2] / "b.nii.gz").write_text("b again")
+    with pytest.raises(StudyError, match="b.nii.gz is predicted by two folds"):
+        union_folders(folders, tmp_path / "all")
+    assert (tmp_path / "all" / "c.nii.gz").read_text() == "c"  # the old output is left as it was
 
 
 def test_fold_components_counts_parts_in_the_folds_training_labels_only(tmp_path):
