@@ -462,19 +462,22 @@ def format_progress(rows: Sequence[Mapping[str, Any]], jobs: int = 1) -> str:
 
     Each row: ``fold, scheme, dataset, state, epochs_done, epochs, iterations_left, s_per_it`` (the
     model's median seconds per iteration, None if it has not logged an epoch). A model without its
-    own timing is estimated with the median of the measured models of its kind (Individual or
-    multi-domain), else of all measured models; the total is divided by ``jobs``."""
+    own timing is estimated with the median of the measured models of its scheme (other folds), else
+    of its kind (Individual or multi-domain), else of all measured models; the total is divided by
+    ``jobs``."""
     measured: dict[bool, list[float]] = {True: [], False: []}
+    by_scheme: dict[str, list[float]] = {}
     for r in rows:
         if r["s_per_it"] is not None:
             measured[r["scheme"] == INDIVIDUAL].append(r["s_per_it"])
+            by_scheme.setdefault(r["scheme"], []).append(r["s_per_it"])
     everything = measured[True] + measured[False]
     lines = ["| fold | scheme | dataset | state | epochs | iterations left | s per iteration |",
              "|---|---|---|---|---|---|---|"]
     left_s, unknown = 0.0, 0
     for r in rows:
         spi = r["s_per_it"]
-        kind = measured[r["scheme"] == INDIVIDUAL] or everything
+        kind = by_scheme.get(r["scheme"]) or measured[r["scheme"] == INDIVIDUAL] or everything
         est = spi if spi is not None else (float(np.median(kind)) if kind else None)
         if r["iterations_left"]:
             if est is None:

@@ -454,6 +454,15 @@ def test_format_progress_estimates_untimed_models_by_kind():
     assert "about 2.9 h with --jobs 1" in format_progress(rows)
 
 
+def test_format_progress_estimates_from_the_same_scheme_first():
+    rows = [_row("DSL", "done", 0, 0.5), _row("DSL_MJAP", "training (epoch 2)", 8000, 0.7),
+            _row("DSL_MJAP", "not started", 9000, None, fold=1), _row("DSL_MSC", "not started", 9000, None, fold=1)]
+    text = format_progress(rows)
+    # 8000 * 0.7 + 9000 * 0.7 (DSL_MJAP of fold 0) + 9000 * median(0.5, 0.7) = 5600 + 6300 + 5400 = 17300 s
+    assert "~0.700 (estimate)" in text and "~0.600 (estimate)" in text
+    assert "about 4.8 h with --jobs 1" in text  # 17300 / 3600 = 4.81
+
+
 def test_format_progress_without_any_timing_says_unknown():
     text = format_progress([_row("Individual", "not started", 3000, None), _row("DSL", "done", 0, None)])
     assert "unknown (1 model(s) to train and no epoch timed yet)" in text and "n/a" in text
