@@ -1380,6 +1380,88 @@ def ks_table(compare_json: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _p_text(p: float) -> str:
+    if not math.isfinite(p):
+        return "p n/a"
+    return f"p={p:.1e}" if p < 1e-3 else f"p={p:.3f}"
+
+
+def paired_table(scores: Mapping[str, Mapping[str, tuple[str, float]]], domains: Sequence[str]) -> str:
+    """Markdown table: per scheme (after the first, the reference) and domain (and pooled), the mean ±
+    std of the per-case Dice difference to the reference, better / worse case counts and the Wilcoxon
+    signed-rank p-value (:mod:`nnunetv2_mtmd.evaluation.paired`)."""
+    from nnunetv2_mtmd.evaluation.paired import POOLED, paired_comparison
+
+    names = list(scores)
+    ref = names[0]
+    groups = [*domains, POOLED]
+    head = ["Scheme"] + [f"{g}: ΔDice (better/worse of n), Wilcoxon p" for g in groups]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in names[1:]:
+        res = paired_comparison(scores[ref], scores[s], ref, s)
+        cells = [SCHEME_LABELS.get(s, s)]
+        for g in groups:
+            r = res.get(g)
+            if r is None or not r["n"]:
+                cells.append("n/a")
+                continue
+            cells.append(f"{r['mean_diff']:+.3f} ± {r['std_diff']:.3f} ({r['better']}/{r['worse']} of {r['n']}), "
+                         f"{_p_text(r['wilcoxon_p'])}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fold_table(scores: Mapping[str, Mapping[str, tuple[str, float]]], folds: Mapping[int, Sequence[str]],
+               domains: Sequence[str]) -> str:
+    """Markdown table: per scheme, the mean per-case Dice of every domain in every fold."""
+    from nnunetv2_mtmd.evaluation.paired import fold_means
+
+    head = ["Scheme"] + [f"{d} fold {f}" for d in domains for f in folds]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s, sc in scores.items():
+        fm = fold_means(sc, folds)
+        cells = [SCHEME_LABELS.get(s, s)]
+        for d in domains:
+            for f in folds:
+                v = fm.get(d, {}).get(f)
+                cells.append("n/a" if v is None or not math.isfinite(v) else f"{v:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def case_level_text(study: Study, variant: str, schemes: Sequence[str], folds: Sequence[int],
+                    pics_dir: Path) -> list[str]:
+    """The report's per-case sections of one evaluation variant: Dice per fold, the paired comparison
+    with the first scheme, and a PNG of every case's Dice per scheme."""
+    from nnunetv2_mtmd.evaluation.paired import load_case_scores, paired_plot
+
+    ev = study.dir / "evaluation"
+    scores = {s: load_case_scores(ev / s / variant, "dice") for s in schemes}
+    domains = [d.name for d in study.spec.domains]
+    splits = study.load_splits(study.merged)
+    fold_cases = {f: [c for c in splits[f]["val"] if c in scores[schemes[0]]] for f in folds}
+    L = ["### Dice per fold", "",
+         "Mean over the held-out cases of one fold (each case: mean Dice over its structures); the spread "
+         "between folds is part of the uncertainty of every comparison.", "",
+         fold_table(scores, fold_cases, domains), ""]
+    if len(schemes) > 1:
+        L += [f"### Per-case paired comparison with {SCHEME_LABELS.get(schemes[0], schemes[0])}", "",
+              paired_table(scores, domains), "",
+              "Every scheme predicts the same held-out cases, so they are compared case by case: ΔDice = mean ± "
+              "std over the cases of (case Dice of the scheme − case Dice of the reference), case Dice = mean over "
+              "the case's structures; better/worse: cases where the scheme is higher/lower; p: two-sided Wilcoxon "
+              "signed-rank test of the differences (scipy.stats.wilcoxon, exact for small samples; "
+              "nnunetv2_mtmd/evaluation/paired.py). One sample per case, unlike the slice-level KS test above. "
+              "No correction for multiple comparisons.", ""]
+        pics_dir.mkdir(parents=True, exist_ok=True)
+        png = pics_dir / f"case_dice_{variant}.png"
+        paired_plot({SCHEME_LABELS.get(s, s): sc for s, sc in scores.items()}, png, domains,
+                    title=f"Per-case Dice {EVAL_VARIANTS[variant]} (lines join the same case)")
+        rel = os.path.relpath(png, study.report_path.parent)
+        L += [f"![Per-case Dice {EVAL_VARIANTS[variant]}]({rel})", ""]
+    return L
+
+
 def _read_similarity(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -1584,6 +1666,7 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
                 "16th/84th percentiles; D and p: two-sample KS test (`nnUNetv2_mtmd_compare`, "
                 "scipy.stats.ks_2samp) against the reference scheme, per domain and pooled.")
             add("")
+        L.extend(case_level_text(study, variant, schemes, folds, pics_dir))
     add("## Embeddings of the best multi-domain scheme")
     add("")
     emb = evaluated.get("embeddings")

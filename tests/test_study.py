@@ -38,11 +38,13 @@ from nnunetv2_mtmd.study import (
     epochs_completed,
     estimate_hours,
     find_sources,
+    fold_table,
     format_progress,
     individual_splits,
     keep_discussion,
     ks_table,
     metric_table,
+    paired_table,
     remap_labels,
     strip_domain_prefix,
     train_command,
@@ -516,6 +518,23 @@ def test_metric_and_ks_tables():
     assert ks[3] == "| DSL | 0.600 [0.200, 0.950] / D=0.300, p=1.23e-04 |"
 
 
+def test_paired_and_fold_tables():
+    ind = {"knee_1": ("knee", 0.5), "knee_2": ("knee", 0.7), "hip_1": ("hip", 0.9)}
+    dsl = {"knee_1": ("knee", 0.6), "knee_2": ("knee", 0.8), "hip_1": ("hip", 0.8)}
+    lines = paired_table({"Individual": ind, "DSL": dsl}, ["knee", "hip"]).splitlines()
+    assert lines[0] == ("| Scheme | knee: ΔDice (better/worse of n), Wilcoxon p | hip: ΔDice (better/worse of n), "
+                        "Wilcoxon p | pooled: ΔDice (better/worse of n), Wilcoxon p |")
+    assert len(lines) == 3  # the reference has no row
+    # knee: +0.1 twice (std 0); 2 of 2 better, exact p = 2/4; hip: -0.1, p = 1; pooled: 0.1/3, p = 6/8
+    assert lines[2] == ("| DSL | +0.100 ± 0.000 (2/0 of 2), p=0.500 | -0.100 ± 0.000 (0/1 of 1), p=1.000 | "
+                        "+0.033 ± 0.094 (2/1 of 3), p=0.750 |")
+    folds = {0: ["knee_1", "hip_1"], 1: ["knee_2"]}
+    ft = fold_table({"Individual": ind, "DSL": dsl}, folds, ["knee", "hip"]).splitlines()
+    assert ft[0] == "| Scheme | knee fold 0 | knee fold 1 | hip fold 0 | hip fold 1 |"
+    assert ft[2] == "| Individual | 0.500 | 0.700 | 0.900 | n/a |"
+    assert ft[3] == "| DSL | 0.600 | 0.800 | 0.800 | n/a |"
+
+
 # ---------------------------------------------------------------------------------- trainers
 PLACEHOLDER = "## Discussion\n\n> **To be written by a human after reading the numbers.** Points...\n"
 
@@ -727,6 +746,16 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     evaluated = json.loads((work / "evaluation" / "evaluated.json").read_text())
     assert evaluated["folds"] == [0] and evaluated["best_multi_domain"] == "DSL"
     assert list((report.parent / "results").glob("tsne_*.png"))
+    # the per-case paired comparison, computed independently from the two metrics.csv files
+    from nnunetv2_mtmd.evaluation.paired import load_case_scores
+
+    ind, dsl = (load_case_scores(work / "evaluation" / s / "raw") for s in ("Individual", "DSL"))
+    d = np.array([dsl[c][1] - ind[c][1] for c in sorted(ind)])
+    pooled_cell = f"{d.mean():+.3f} ± {d.std():.3f} ({int((d > 1e-9).sum())}/{int((d < -1e-9).sum())} of {d.size})"
+    assert pooled_cell in text
+    assert "### Dice per fold" in text and "| Individual | " in text
+    assert (report.parent / "results" / "case_dice_raw.png").is_file()
+    assert (report.parent / "results" / "case_dice_postprocessed.png").is_file()
 
     # a discussion written into the report survives the regeneration of the resume
     head, _, _ = text.partition("## Discussion")
