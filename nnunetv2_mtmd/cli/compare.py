@@ -16,7 +16,11 @@ DESCRIPTION = """\
 Compare two or more nnUNetv2_mtmd_evaluate output folders by their 2D slice Dice, like the paper's
 Table 4: per method (folder) and domain, and pooled over domains, the mean and the 16th/84th
 percentiles of the slice Dice, and the two-sample Kolmogorov-Smirnov test (scipy.stats.ks_2samp)
-against the FIRST folder. Writes OUT/compare.md, OUT/compare.csv and OUT/compare.json."""
+against the FIRST folder. Writes OUT/compare.md, OUT/compare.csv and OUT/compare.json. When every
+folder also has metrics.csv for the same cases, adds the per-case paired comparison (case Dice =
+mean over the case's structures; mean difference, cases better / worse, two-sided Wilcoxon
+signed-rank test: one sample per case, since a case's slices are not independent) to compare.md,
+compare.json ("paired") and OUT/paired.csv."""
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -8,6 +8,11 @@ number of slices, the mean and the 16th/84th percentiles (numpy linear interpola
 Kolmogorov-Smirnov test (``scipy.stats.ks_2samp``, two-sided, ``method="auto"``) of its slice Dice
 against the FIRST folder's slice Dice of the same domain. Methods are rows, domains are column
 groups, as in the paper's Table 4.
+
+The slices of one case are not independent samples, so the KS p-values overstate the evidence. When
+every folder also holds ``metrics.csv`` for the same cases, :func:`compare_folders` adds the per-case
+paired comparison of :mod:`nnunetv2_mtmd.evaluation.paired` (case Dice = mean over the case's
+structures; mean difference, cases better / worse, Wilcoxon signed-rank test; one sample per case).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 from scipy import stats
 
 from nnunetv2_mtmd.errors import InputDataError
+from nnunetv2_mtmd.evaluation.paired import PAIRED_COLUMNS, load_case_scores, paired_rows
 from nnunetv2_mtmd.io import atomic_output_dir
 
 logger = logging.getLogger(__name__)
@@ -163,10 +169,65 @@ def compare_markdown(rows: Sequence[Mapping[str, Any]], folders: Mapping[str, Pa
     return "\n".join(lines) + "\n"
 
 
+def _p(p: float) -> str:
+    if math.isnan(p):
+        return "n/a"
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def paired_markdown(rows: Sequence[Mapping[str, Any]], reference: str) -> str:
+    """The per-case paired section of compare.md (rows of :func:`nnunetv2_mtmd.evaluation.paired.paired_rows`)."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    idx = {(r["method"], r["group"]): r for r in rows}
+    cols = ["Method"] + [f"{g}: ΔDice (better/worse of n), Wilcoxon p" for g in groups]
+    lines = [
+        f"## Per-case paired comparison (vs {reference})",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    for m in methods:
+        cells = [m]
+        for g in groups:
+            r = idx[(m, g)]
+            cells.append(
+                "n/a"
+                if not r["n"]
+                else f"{r['mean_diff']:+.3f} ± {r['std_diff']:.3f} ({r['better']}/{r['worse']} of {r['n']}), "
+                f"p={_p(r['wilcoxon_p'])}"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Case Dice = mean Dice over the case's structures (metrics.csv); ΔDice = mean ± std over the cases "
+        f"of (method - {reference}); better/worse = cases where the method is higher/lower; p = two-sided "
+        "Wilcoxon signed-rank test of the differences (scipy.stats.wilcoxon; equal cases left out). One "
+        "sample per case, unlike the slice-level KS test above.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _paired_or_none(names: Sequence[str], folders: Sequence[Path]) -> list[dict[str, Any]] | None:
+    missing = [str(f) for f in folders if not (f / "metrics.csv").is_file()]
+    if missing:
+        logger.warning("No metrics.csv in %s: no per-case paired comparison.", ", ".join(missing))
+        return None
+    scores = {n: load_case_scores(f, "dice") for n, f in zip(names, folders)}
+    for n in names[1:]:
+        if set(scores[n]) != set(scores[names[0]]):
+            logger.warning(
+                "'%s' and '%s' were evaluated on different cases: no per-case paired comparison.", n, names[0]
+            )
+            return None
+    return paired_rows(scores)
+
+
 def compare_folders(
     folders: Sequence[Path], out_dir: Path, names: Sequence[str] | None = None, overwrite: bool = False
 ) -> list[dict[str, Any]]:
-    """Read every folder's slices.csv, compare with the first, write compare.md/.csv/.json to ``out_dir``."""
+    """Read every folder's slices.csv, compare with the first, write compare.md/.csv/.json to ``out_dir``
+    (and, when every folder has metrics.csv for the same cases, paired.csv and the paired section)."""
     folders = [Path(f) for f in folders]
     if len(folders) < 2:
         raise InputDataError(
@@ -197,6 +258,7 @@ def compare_folders(
                 len(cases[n] & cases[names[0]]),
             )
     rows = compare_slice_dice(samples)
+    paired = _paired_or_none(names, folders)
     with atomic_output_dir(Path(out_dir), overwrite=overwrite) as tmp:
         with open(tmp / "compare.csv", "w", newline="") as fh:
             w = csv.writer(fh)
@@ -218,6 +280,26 @@ def compare_folders(
                 for r in rows
             ],
         }
+        md = compare_markdown(rows, dict(zip(names, folders)))
+        if paired is not None:
+            js["paired"] = [
+                {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in paired
+            ]
+            with open(tmp / "paired.csv", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(PAIRED_COLUMNS)
+                for r in paired:
+                    w.writerow(
+                        [
+                            ""
+                            if isinstance(r[c], float) and math.isnan(r[c])
+                            else (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c])
+                            for c in PAIRED_COLUMNS
+                        ]
+                    )
+            md += "\n" + paired_markdown(paired, names[0])
+        else:
+            js["paired"] = None
         (tmp / "compare.json").write_text(json.dumps(js, indent=2))
-        (tmp / "compare.md").write_text(compare_markdown(rows, dict(zip(names, folders))), encoding="utf-8")
+        (tmp / "compare.md").write_text(md, encoding="utf-8")
     return rows

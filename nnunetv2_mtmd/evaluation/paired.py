@@ -127,6 +127,24 @@ def paired_comparison(
     return out
 
 
+PAIRED_COLUMNS: tuple[str, ...] = (
+    "method", "group", "n", "mean_a", "mean_b", "mean_diff", "std_diff", "better", "worse", "equal", "wilcoxon_p",
+)
+
+
+def paired_rows(scores: Mapping[str, Mapping[str, tuple[str, float]]]) -> list[dict[str, object]]:
+    """Rows of :data:`PAIRED_COLUMNS` for every method after the first (the reference; ``mean_a`` is its
+    mean) and every group (domains, then ``"pooled"``) of :func:`paired_comparison`."""
+    names = list(scores)
+    if not names:
+        raise InputDataError("Nothing to compare: give at least one evaluation folder.")
+    rows: list[dict[str, object]] = []
+    for m in names[1:]:
+        for group, r in paired_comparison(scores[names[0]], scores[m], names[0], m).items():
+            rows.append({"method": m, "group": group, **r})
+    return rows
+
+
 def fold_means(
     rows_by_case: Mapping[str, tuple[str, float]],
     folds: Mapping[int, Sequence[str]],

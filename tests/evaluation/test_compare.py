@@ -112,3 +112,50 @@ def test_cli(tmp_path, capsys):
     assert "| m2 | 0.500 [" in md and "1.000 (p=" in md  # all of m2 below all of m1: D = 1
     assert compare_main([str(tmp_path / "m1"), "-o", str(tmp_path / "out2")]) == 2
     assert "at least two" in capsys.readouterr().err
+
+
+def write_metrics(folder, case_dice: dict[str, tuple[str, list[float]]]) -> None:
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["case", "domain", "structure", "dice"])
+        for case, (dom, vals) in case_dice.items():
+            for j, v in enumerate(vals):
+                w.writerow([case, dom, f"s{j}", v])
+
+
+def test_compare_adds_the_per_case_paired_test_when_metrics_are_there(tmp_path):
+    for name in ("A", "B"):
+        write_slices(tmp_path / name, {"knee": [0.5, 0.6, 0.7]})
+    # case Dice (mean over structures): A knee_1 0.5, knee_2 0.7, hip_1 0.9; B 0.6, 0.8, 0.8
+    write_metrics(tmp_path / "A", {"knee_1": ("knee", [0.4, 0.6]), "knee_2": ("knee", [0.7, 0.7]),
+                                   "hip_1": ("hip", [0.9])})
+    write_metrics(tmp_path / "B", {"knee_1": ("knee", [0.6, 0.6]), "knee_2": ("knee", [0.9, 0.7]),
+                                   "hip_1": ("hip", [0.8])})
+    compare_folders([tmp_path / "A", tmp_path / "B"], tmp_path / "o")
+    js = json.loads((tmp_path / "o" / "compare.json").read_text())
+    paired = {r["group"]: r for r in js["paired"]}
+    assert list(paired) == ["hip", "knee", "pooled"]
+    assert paired["knee"]["mean_diff"] == pytest.approx(0.1) and paired["knee"]["better"] == 2
+    assert paired["knee"]["wilcoxon_p"] == pytest.approx(0.5)  # exact: 2 of the 4 sign patterns as extreme
+    assert paired["hip"]["worse"] == 1 and paired["hip"]["wilcoxon_p"] == pytest.approx(1.0)
+    assert paired["pooled"]["mean_diff"] == pytest.approx(0.1 / 3)
+    assert paired["pooled"]["wilcoxon_p"] == pytest.approx(0.75)
+    md = (tmp_path / "o" / "compare.md").read_text()
+    assert "## Per-case paired comparison (vs A)" in md
+    assert "| B | -0.100 ± 0.000 (0/1 of 1), p=1.000 | +0.100 ± 0.000 (2/0 of 2), p=0.500 |" in md
+    with open(tmp_path / "o" / "paired.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3
+
+
+def test_compare_without_paired_test_when_metrics_are_missing_or_cases_differ(tmp_path, caplog):
+    for name in ("A", "B"):
+        write_slices(tmp_path / name, {"knee": [0.5, 0.6, 0.7]})
+    write_metrics(tmp_path / "A", {"knee_1": ("knee", [0.5])})
+    compare_folders([tmp_path / "A", tmp_path / "B"], tmp_path / "o1")
+    assert json.loads((tmp_path / "o1" / "compare.json").read_text())["paired"] is None
+    assert not (tmp_path / "o1" / "paired.csv").exists()
+    assert "No metrics.csv in" in caplog.text
+    write_metrics(tmp_path / "B", {"knee_2": ("knee", [0.5])})
+    compare_folders([tmp_path / "A", tmp_path / "B"], tmp_path / "o2")
+    assert json.loads((tmp_path / "o2" / "compare.json").read_text())["paired"] is None
+    assert "evaluated on different cases" in caplog.text
