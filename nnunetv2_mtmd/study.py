@@ -1352,12 +1352,14 @@ def metric_table(summaries: Mapping[str, Mapping[str, Any]], metric: str, spec: 
     return "\n".join(lines)
 
 
-def ks_table(compare_json: Mapping[str, Any]) -> str:
+def ks_table(compare_json: Mapping[str, Any], domains: Sequence[str] | None = None) -> str:
     """Markdown table of nnUNetv2_mtmd_compare's compare.json: per scheme and group, mean slice Dice
-    [P16, P84] and the KS p-value against the reference scheme."""
+    [P16, P84] and the KS p-value against the reference scheme. Groups in the order of ``domains``
+    (the other tables' order), then the rest as in the file."""
     rows = compare_json["rows"]
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    groups = list(dict.fromkeys(r["group"] for r in rows))
+    found = list(dict.fromkeys(r["group"] for r in rows))
+    groups = [g for g in (domains or []) if g in found] + [g for g in found if g not in (domains or [])]
     idx = {(r["method"], r["group"]): r for r in rows}
     head = ["Scheme"] + [f"{g}: slice Dice [P16, P84] / KS p" for g in groups]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -1660,7 +1662,7 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
         if cj.is_file():
             add("### 2D slice Dice and Kolmogorov-Smirnov test against the first scheme")
             add("")
-            add(ks_table(load_json(cj)))
+            add(ks_table(load_json(cj), [dom.name for dom in spec.domains]))
             add("")
             add("Slice Dice of every slice where the reference or the prediction has a structure; P16/P84 = "
                 "16th/84th percentiles; D and p: two-sample KS test (`nnUNetv2_mtmd_compare`, "

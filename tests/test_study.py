@@ -516,6 +516,10 @@ def test_metric_and_ks_tables():
     ks = ks_table(cj).splitlines()
     assert ks[2] == "| Individual | 0.500 [0.100, 0.900] / (reference) |"
     assert ks[3] == "| DSL | 0.600 [0.200, 0.950] / D=0.300, p=1.23e-04 |"
+    # columns follow the given domain order, whatever the file's order
+    cj["rows"] = [{**r, "group": g} for g in ("hip", "knee", "pooled") for r in cj["rows"][:2]]
+    head = ks_table(cj, ["knee", "hip"]).splitlines()[0]
+    assert head.startswith("| Scheme | knee: ") and head.index("| hip: ") < head.index("| pooled: ")
 
 
 def test_paired_and_fold_tables():

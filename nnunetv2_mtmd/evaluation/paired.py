@@ -204,7 +204,7 @@ def paired_plot(
             ax.set_ylabel(ylabel)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, bottom=0.3, top=0.84, wspace=0.3)
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.2 / width, bottom=0.26, top=0.86, wspace=0.3)
     path = Path(path)
     fig.savefig(path)
     return path
