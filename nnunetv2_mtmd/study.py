@@ -1598,7 +1598,7 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
         "defaults.")
     add("")
     add("| Scheme | Trainer | Models per fold | Iterations per model | Iterations per fold | "
-        "Samples per domain | Training wall time (h, all folds) | s per iteration (median) |")
+        "Samples per domain | Training wall time (h, evaluated folds) | s per iteration (median) |")
     add("|---|---|---|---|---|---|---|---|")
     for r in budget_rows(b, schemes, study.k):
         s = r["scheme"]
