@@ -1233,6 +1233,10 @@ class Study:
         text = build_report(self, load_json(ev_file))
         if self.report_path.is_file():
             text = keep_discussion(text, self.report_path.read_text(encoding="utf-8"))
+        stray = unsourced_numbers(text)
+        if stray:
+            logger.warning("[report] the discussion of %s quotes numbers that appear nowhere else in the report "
+                           "(stale after new folds, or typed by hand?): %s", self.report_path, ", ".join(stray))
         self.report_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.report_path.with_name(f".{self.report_path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
@@ -1504,6 +1508,25 @@ def keep_discussion(new_text: str, old_text: str) -> str:
     if not old_section.endswith("\n"):
         old_section += "\n"
     return new_text[:new_span[0]] + old_section + new_text[new_span[1]:]
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def unsourced_numbers(report_text: str) -> list[str]:
+    """Numbers of the ``## Discussion`` section that appear nowhere else in the report, in order.
+
+    The report's rule is that it holds no number the study did not produce; a discussion should only
+    quote the tables (as printed there: ``0.861``, not ``0.86``). Signs are ignored, so ``-0.013``
+    matches the table's ``−0.013``; an integer such as a fold or case count matches any occurrence.
+    Years and the like therefore pass whenever they appear elsewhere; this is a guard against typos
+    and stale numbers, not a proof."""
+    span = _discussion_span(report_text)
+    if span is None:
+        return []
+    discussion = report_text[span[0]:span[1]]
+    rest = set(_NUMBER.findall(report_text[:span[0]] + report_text[span[1]:]))
+    return [n for n in dict.fromkeys(_NUMBER.findall(discussion)) if n not in rest]
 
 
 def union_folders(folders: Mapping[int, Path], out: Path) -> int:

@@ -51,6 +51,7 @@ from nnunetv2_mtmd.study import (
     training_status,
     unify_individual_prediction,
     union_folders,
+    unsourced_numbers,
 )
 from tests.datagen import make_raw_dataset
 
@@ -680,6 +681,18 @@ def test_fold_components_counts_parts_in_the_folds_training_labels_only(tmp_path
 
 # ------------------------------------------------------------------------------------- smoke
 @pytest.mark.slow
+@pytest.mark.parametrize("text, expected", [
+    # quoted as printed in the tables: fine; rounded differently or typed: reported
+    ("| a | 0.861 ± 0.034 |\n## Discussion\nDSL reaches 0.861 (+0.019, p=0.250).\n", ["0.019", "0.250"]),
+    ("| a | 0.861 | −0.019 | p=0.250 |\n## Discussion\nDSL: 0.861, -0.019, p=0.250.\n", []),
+    ("| a | 0.861 |\n## Discussion\nabout 0.86\n## Commands\nx 0.86\n", []),  # found after the section
+    ("| a | 0.861 |\n## Discussion\nabout 0.86 in 3 folds\n", ["0.86", "3"]),
+    ("no discussion 0.5\n", []),
+])
+def test_unsourced_numbers(text, expected):
+    assert unsourced_numbers(text) == expected
+
+
 def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     """prepare -> train (Individual x3, DSL; 1 fold, 2 iterations) -> evaluate -> report; then a
     second run finds everything done. results.md must hold the numbers of the evaluation files."""
@@ -763,11 +776,12 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
 
     # a discussion written into the report survives the regeneration of the resume
     head, _, _ = text.partition("## Discussion")
-    report.write_text(head + "## Discussion\n\nDSL was no better here (2 iterations).\n")
+    report.write_text(head + "## Discussion\n\nDSL was no better here (2 iterations, 0.123456 Dice).\n")
     # resume with the recorded options: nothing is trained or evaluated again
     proc = _cli(["--workdir", str(work)], env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert report.read_text().endswith("## Discussion\n\nDSL was no better here (2 iterations).\n")
+    assert report.read_text().endswith("## Discussion\n\nDSL was no better here (2 iterations, 0.123456 Dice).\n")
+    assert "quotes numbers that appear nowhere else in the report" in proc.stderr and "0.123456" in proc.stderr
     assert proc.stderr.count("done (skipped)") == 4
     assert "already evaluated (skipped)" in proc.stderr
     again = json.loads((work / "state.json").read_text())
