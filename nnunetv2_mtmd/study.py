@@ -507,6 +507,16 @@ def epoch_times(fold_dir: Path) -> list[float]:
     return out
 
 
+def training_hours(epoch_times_per_model: Sequence[Sequence[float]], epochs: int) -> float | None:
+    """Sum over models of (median logged epoch time x ``epochs``), in hours; None when no model has a
+    logged epoch. The median is robust to epochs lengthened by pauses and to epochs repeated after an
+    interruption, which a plain sum of the logged times counts in full."""
+    timed = [t for t in epoch_times_per_model if len(t)]
+    if not timed:
+        return None
+    return float(sum(np.median(t) * epochs for t in timed)) / 3600
+
+
 # ------------------------------------------------------------------------------------------ state
 class StudyState:
     """``DIR/state.json``: the study's configuration and what is done. Saved atomically after every change."""
@@ -1621,26 +1631,29 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
         "defaults.")
     add("")
     add("| Scheme | Trainer | Models per fold | Iterations per model | Iterations per fold | "
-        "Samples per domain | Training wall time (h, evaluated folds) | s per iteration (median) |")
+        "Samples per domain | Training time (h, evaluated folds) | s per iteration (median) |")
     add("|---|---|---|---|---|---|---|---|")
     for r in budget_rows(b, schemes, study.k):
         s = r["scheme"]
-        secs = sum(v for k, v in st["seconds"].items() if k.startswith("train:") and k.split(":")[2] == s
-                   and int(k.split(":")[1][4:]) in folds)
-        spi = []
+        spi, per_model = [], []
         for f in folds:
             for _, ds, tr in study.runs(f, [s]):
                 t = epoch_times(fold_folder(study.results, ds, tr, f))
+                per_model.append(t)
                 spi += [x / r["iterations_per_epoch"] for x in t]
         spi_txt = f"{float(np.median(spi)):.2f}" if spi else "n/a"
+        hours = training_hours(per_model, b.epochs)
         add(f"| {SCHEME_LABELS[s]} | `{r['trainer']}` | {r['models_per_fold']} | {r['iterations_per_model']} | "
-            f"{r['iterations_per_fold']} | {r['samples_per_domain']} | {secs / 3600:.2f} | {spi_txt} |")
+            f"{r['iterations_per_fold']} | {r['samples_per_domain']} | "
+            f"{'n/a' if hours is None else f'{hours:.2f}'} | {spi_txt} |")
     add("")
-    add("Wall time: the `nnUNetv2_train` subprocesses as timed by the study (training, per-epoch validation and "
-        "nnU-Net's final validation); where the study ran with `--jobs N` (N > 1), N models trained at once on "
-        "a share of the cores each, so these times overlap and each is longer than it would be alone. Seconds "
-        "per iteration: nnU-Net's logged epoch time divided by the training iterations per epoch (the epoch time "
-        "includes the pseudo-Dice batches), median over the epochs.")
+    add("Training time: per model, the median of nnU-Net's logged epoch times x the number of epochs (training "
+        "iterations and the per-epoch pseudo-Dice batches; not the final validation), summed over the models of "
+        "the evaluated folds. The median, not the sum of the logged times: a study that runs across working "
+        "sessions is paused (SIGSTOP) and interrupted, which lengthens some epochs and repeats others. Where the "
+        "study ran with `--jobs N` (N > 1), N models trained at once on a share of the cores each, so these "
+        "times overlap and each is longer than it would be alone. Seconds per iteration: nnU-Net's logged epoch "
+        "time divided by the training iterations per epoch, median over the epochs.")
     add("")
     add("## Hardware")
     add("")

@@ -48,6 +48,7 @@ from nnunetv2_mtmd.study import (
     remap_labels,
     strip_domain_prefix,
     train_command,
+    training_hours,
     training_status,
     unify_individual_prediction,
     union_folders,
@@ -421,6 +422,21 @@ def test_parallel_train_failure_stops_new_trainings_and_raises(tmp_path):
 
 # ---------------------------------------------------------------------------------- status
 _LOG = "2026-11-22 09:30:08.949156: Epoch {e}\n2026-11-22 09:30:09.1: Current learning rate: 0.006\n"
+
+
+
+@pytest.mark.parametrize("times, epochs, hours", [
+    ([[100.0, 100.0, 100.0]], 36, 1.0),
+    # a paused epoch (1300 s) does not move the median; a repeated epoch is not counted twice
+    ([[100.0, 1300.0, 100.0, 100.0]], 36, 1.0),
+    # two models: (90 x 40 + 180 x 40) s = 3 h
+    ([[90.0, 90.0], [180.0]], 40, 3.0),
+    # a model without a logged epoch counts nothing
+    ([[90.0], []], 40, 1.0),
+    ([[], []], 40, None),
+])
+def test_training_hours(times, epochs, hours):
+    assert training_hours(times, epochs) == (None if hours is None else pytest.approx(hours))
 
 
 @pytest.mark.parametrize("logs, final, expected", [
