@@ -1396,17 +1396,11 @@ def ks_table(compare_json: Mapping[str, Any], domains: Sequence[str] | None = No
     return "\n".join(lines)
 
 
-def _p_text(p: float) -> str:
-    if not math.isfinite(p):
-        return "p n/a"
-    return f"p={p:.1e}" if p < 1e-3 else f"p={p:.3f}"
-
-
 def paired_table(scores: Mapping[str, Mapping[str, tuple[str, float]]], domains: Sequence[str]) -> str:
     """Markdown table: per scheme (after the first, the reference) and domain (and pooled), the mean ±
     std of the per-case Dice difference to the reference, better / worse case counts and the Wilcoxon
     signed-rank p-value (:mod:`nnunetv2_mtmd.evaluation.paired`)."""
-    from nnunetv2_mtmd.evaluation.paired import POOLED, paired_comparison
+    from nnunetv2_mtmd.evaluation.paired import POOLED, paired_cell, paired_comparison
 
     names = list(scores)
     ref = names[0]
@@ -1416,13 +1410,7 @@ def paired_table(scores: Mapping[str, Mapping[str, tuple[str, float]]], domains:
     for s in names[1:]:
         res = paired_comparison(scores[ref], scores[s], ref, s)
         cells = [SCHEME_LABELS.get(s, s)]
-        for g in groups:
-            r = res.get(g)
-            if r is None or not r["n"]:
-                cells.append("n/a")
-                continue
-            cells.append(f"{r['mean_diff']:+.3f} ± {r['std_diff']:.3f} ({r['better']}/{r['worse']} of {r['n']}), "
-                         f"{_p_text(r['wilcoxon_p'])}")
+        cells += ["n/a" if g not in res else paired_cell(res[g]) for g in groups]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import stats
 
 from nnunetv2_mtmd.errors import InputDataError
-from nnunetv2_mtmd.evaluation.paired import PAIRED_COLUMNS, load_case_scores, paired_rows
+from nnunetv2_mtmd.evaluation.paired import PAIRED_COLUMNS, load_case_scores, paired_cell, paired_rows
 from nnunetv2_mtmd.io import atomic_output_dir
 
 logger = logging.getLogger(__name__)
@@ -169,12 +169,6 @@ def compare_markdown(rows: Sequence[Mapping[str, Any]], folders: Mapping[str, Pa
     return "\n".join(lines) + "\n"
 
 
-def _p(p: float) -> str:
-    if math.isnan(p):
-        return "n/a"
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
-
-
 def paired_markdown(rows: Sequence[Mapping[str, Any]], reference: str) -> str:
     """The per-case paired section of compare.md (rows of :func:`nnunetv2_mtmd.evaluation.paired.paired_rows`)."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -189,14 +183,7 @@ def paired_markdown(rows: Sequence[Mapping[str, Any]], reference: str) -> str:
     ]
     for m in methods:
         cells = [m]
-        for g in groups:
-            r = idx[(m, g)]
-            cells.append(
-                "n/a"
-                if not r["n"]
-                else f"{r['mean_diff']:+.3f} ± {r['std_diff']:.3f} ({r['better']}/{r['worse']} of {r['n']}), "
-                f"p={_p(r['wilcoxon_p'])}"
-            )
+        cells += [paired_cell(idx[(m, g)]) for g in groups]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -221,6 +208,24 @@ def _paired_or_none(names: Sequence[str], folders: Sequence[Path]) -> list[dict[
             )
             return None
     return paired_rows(scores)
+
+
+def _is_nan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _write_rows_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rows as CSV: floats with 6 significant digits, NaN as an empty cell."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(columns)
+        for r in rows:
+            w.writerow(["" if _is_nan(r[c]) else (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c]) for c in columns])
+
+
+def _json_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for JSON: NaN as null."""
+    return [{k: (None if _is_nan(v) else v) for k, v in r.items()} for r in rows]
 
 
 def compare_folders(
@@ -260,46 +265,17 @@ def compare_folders(
     rows = compare_slice_dice(samples)
     paired = _paired_or_none(names, folders)
     with atomic_output_dir(Path(out_dir), overwrite=overwrite) as tmp:
-        with open(tmp / "compare.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(COMPARE_COLUMNS)
-            for r in rows:
-                w.writerow(
-                    [
-                        ""
-                        if isinstance(r[c], float) and math.isnan(r[c])
-                        else (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c])
-                        for c in COMPARE_COLUMNS
-                    ]
-                )
+        _write_rows_csv(tmp / "compare.csv", COMPARE_COLUMNS, rows)
         js = {
             "reference_method": names[0],
             "folders": {n: str(f) for n, f in zip(names, folders)},
-            "rows": [
-                {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                for r in rows
-            ],
+            "rows": _json_rows(rows),
+            "paired": None if paired is None else _json_rows(paired),
         }
         md = compare_markdown(rows, dict(zip(names, folders)))
         if paired is not None:
-            js["paired"] = [
-                {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in paired
-            ]
-            with open(tmp / "paired.csv", "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(PAIRED_COLUMNS)
-                for r in paired:
-                    w.writerow(
-                        [
-                            ""
-                            if isinstance(r[c], float) and math.isnan(r[c])
-                            else (f"{r[c]:.6g}" if isinstance(r[c], float) else r[c])
-                            for c in PAIRED_COLUMNS
-                        ]
-                    )
+            _write_rows_csv(tmp / "paired.csv", PAIRED_COLUMNS, paired)
             md += "\n" + paired_markdown(paired, names[0])
-        else:
-            js["paired"] = None
         (tmp / "compare.json").write_text(json.dumps(js, indent=2))
         (tmp / "compare.md").write_text(md, encoding="utf-8")
     return rows

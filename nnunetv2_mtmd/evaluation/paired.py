@@ -101,6 +101,15 @@ def paired_stats(a: Sequence[float], b: Sequence[float], tie: float = TIE) -> di
     }
 
 
+def paired_cell(r: Mapping[str, float | int]) -> str:
+    """One result of :func:`paired_stats` as a table cell: ``+0.019 ± 0.008 (3/0 of 3), p=0.250``."""
+    if not r["n"]:
+        return "n/a"
+    p = float(r["wilcoxon_p"])
+    ptxt = "n/a" if math.isnan(p) else (f"{p:.2e}" if p < 1e-3 else f"{p:.3f}")
+    return f"{r['mean_diff']:+.3f} ± {r['std_diff']:.3f} ({r['better']}/{r['worse']} of {r['n']}), p={ptxt}"
+
+
 def paired_comparison(
     reference: Mapping[str, tuple[str, float]],
     other: Mapping[str, tuple[str, float]],
