@@ -15,7 +15,10 @@ Outputs of :func:`evaluate_folders` (all-or-nothing):
 - ``summary.md``: the paper's Table 2 layout, rows = domain / structure plus a per-domain mean row
   (over all case-structure rows of the domain) and an all-domains row, columns = metrics as
   ``mean ± std`` (population std) over the defined values, with the count of undefined values;
-- ``summary.json``: the same numbers (undefined -> ``null``), plus the conventions;
+- ``summary.json``: the same numbers (undefined -> ``null``), plus the conventions and
+  ``labels_of_other_domains``: per file (``prediction`` / ``reference``), the labels of another
+  domain it contains and their voxel counts (a shared output head can predict them; they are not
+  scored, ``nnUNetv2_mtmd_postprocess`` sets them to background), also listed in summary.md;
 - ``boxplot_<metric>.png``: one box plot per metric, boxes grouped by domain / structure.
 
 Matching rules: a case in the prediction folder without a reference is an error; a reference case
@@ -42,6 +45,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import SimpleITK as sitk
 
 from nnunetv2_mtmd.domains import DomainSpec
@@ -81,8 +85,9 @@ def _spacing_zyx(img: sitk.Image) -> tuple[float, ...]:
 def evaluate_case(task: tuple[str, Path, Path, DomainSpec, int]) -> dict[str, Any]:
     """Evaluate one case. ``task = (case_id, ref_path, pred_path, spec, slice_axis)``.
 
-    Returns ``{"rows": [...], "slices": [...], "stray_pred": [...], "stray_ref": [...]}`` where
-    ``stray_*`` are labels present in the file that do not belong to the case's domain."""
+    Returns ``{"rows": [...], "slices": [...], "stray_pred": {...}, "stray_ref": {...}}`` where
+    ``stray_*`` map each label present in the file that does not belong to the case's domain to its
+    number of voxels."""
     case, ref_path, pred_path, spec, slice_axis = task
     domain = spec.domain_of_case(case)
     ref_img, pred_img = read_image(ref_path), read_image(pred_path)
@@ -111,9 +116,13 @@ def evaluate_case(task: tuple[str, Path, Path, DomainSpec, int]) -> dict[str, An
     return {
         "rows": rows,
         "slices": slices,
-        "stray_pred": sorted(present_labels(pred) - own),
-        "stray_ref": sorted(present_labels(ref) - own),
+        "stray_pred": _voxels_of(pred, present_labels(pred) - own),
+        "stray_ref": _voxels_of(ref, present_labels(ref) - own),
     }
+
+
+def _voxels_of(arr: np.ndarray, labels: set[int]) -> dict[int, int]:
+    return {lab: int(np.count_nonzero(arr == lab)) for lab in sorted(labels)}
 
 
 def match_cases(
@@ -288,15 +297,20 @@ def evaluate_folders(
     results = parallel_map(evaluate_case, tasks, num_processes, "evaluating")
     rows = [row for res in results for row in res["rows"]]
     slices = [s for res in results for s in res["slices"]]
+    # A shared output head can predict another domain's structure; such voxels are not scored, so the
+    # summary keeps them (case -> label -> voxels) for whoever compares heads.
+    other_domains: dict[str, dict[str, dict[int, int]]] = {"prediction": {}, "reference": {}}
     for key, what in (("stray_pred", "prediction"), ("stray_ref", "reference")):
-        bad = [(c, res[key]) for (c, _, _), res in zip(pairs, results) if res[key]]
+        bad = {c: res[key] for (c, _, _), res in zip(pairs, results) if res[key]}
+        other_domains[what] = bad
         if bad:
+            first = next(iter(bad))
             logger.warning(
                 "%d %s files contain labels of another domain (not evaluated), e.g. %s: %s",
                 len(bad),
                 what,
-                bad[0][0],
-                bad[0][1],
+                first,
+                ", ".join(f"label {lab}: {n} voxels" for lab, n in bad[first].items()),
             )
     summary = summarize(rows, spec)
     summary.update(
@@ -305,6 +319,7 @@ def evaluate_folders(
             "prediction": str(pred_dir),
             "n_cases": len(pairs),
             "missing_predictions": missing,
+            "labels_of_other_domains": other_domains,
             "slice_axis": slice_axis,
             "conventions": CONVENTIONS,
         }
@@ -320,6 +335,16 @@ def evaluate_folders(
         header.append(
             f"  \nNot evaluated (no prediction, --allow-missing): {len(missing)} cases: " + ", ".join(missing)
         )
+    for what, bad in other_domains.items():
+        if bad:
+            header.append(
+                f"  \nLabels of another domain in the {what} (not evaluated), in {len(bad)} of {len(pairs)} cases: "
+                + "; ".join(
+                    f"{c} (" + ", ".join(f"label {lab}: {n} voxel{'s' * (n != 1)}" for lab, n in labs.items()) + ")"
+                    for c, labs in list(bad.items())[:10]
+                )
+                + (" ..." if len(bad) > 10 else "")
+            )
     groups = [(d.name, lab.name) for d in spec.domains if d.name in summary["domains"] for lab in d.labels]
     with atomic_output_dir(Path(out_dir), overwrite=overwrite) as tmp:
         write_csv(rows, METRICS_COLUMNS, tmp / "metrics.csv")

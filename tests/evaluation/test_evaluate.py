@@ -158,6 +158,12 @@ def test_metrics_csv_values_and_columns(folders, tmp_path):
     assert ank["structures"]["tibia"]["sensitivity"]["n"] == 0
     assert ank["mean"]["dice"]["mean"] == pytest.approx((0 + 1 + 0) / 3)
     assert summary["all"]["n_cases"] == 3
+    # knee_001's prediction holds one voxel of the shoulder's label 8: kept aside, not scored
+    assert summary["labels_of_other_domains"] == {"prediction": {"knee_001": {8: 1}}, "reference": {}}
+    js = json.loads((out / "summary.json").read_text())
+    assert js["labels_of_other_domains"] == {"prediction": {"knee_001": {"8": 1}}, "reference": {}}
+    md = (out / "summary.md").read_text()
+    assert "another domain in the prediction (not evaluated), in 1 of 3 cases: knee_001 (label 8: 1 voxel)" in md
 
 
 def test_outputs_written(folders, tmp_path):
