@@ -29,7 +29,7 @@ import numpy as np
 from scipy import stats
 
 from nnunetv2_mtmd.errors import InputDataError
-from nnunetv2_mtmd.evaluation.paired import PAIRED_COLUMNS, load_case_scores, paired_cell, paired_rows
+from nnunetv2_mtmd.evaluation.paired import PAIRED_COLUMNS, load_case_scores, paired_rows, paired_table
 from nnunetv2_mtmd.io import atomic_output_dir
 
 logger = logging.getLogger(__name__)
@@ -171,20 +171,7 @@ def compare_markdown(rows: Sequence[Mapping[str, Any]], folders: Mapping[str, Pa
 
 def paired_markdown(rows: Sequence[Mapping[str, Any]], reference: str) -> str:
     """The per-case paired section of compare.md (rows of :func:`nnunetv2_mtmd.evaluation.paired.paired_rows`)."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    groups = list(dict.fromkeys(r["group"] for r in rows))
-    idx = {(r["method"], r["group"]): r for r in rows}
-    cols = ["Method"] + [f"{g}: ΔDice (better/worse of n), Wilcoxon p" for g in groups]
-    lines = [
-        f"## Per-case paired comparison (vs {reference})",
-        "",
-        "| " + " | ".join(cols) + " |",
-        "|" + "---|" * len(cols),
-    ]
-    for m in methods:
-        cells = [m]
-        cells += [paired_cell(idx[(m, g)]) for g in groups]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = [f"## Per-case paired comparison (vs {reference})", "", paired_table(rows)]
     lines += [
         "",
         "Case Dice = mean Dice over the case's structures (metrics.csv); ΔDice = mean ± std over the cases "

@@ -21,8 +21,9 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -152,6 +153,27 @@ def paired_rows(scores: Mapping[str, Mapping[str, tuple[str, float]]]) -> list[d
         for group, r in paired_comparison(scores[names[0]], scores[m], names[0], m).items():
             rows.append({"method": m, "group": group, **r})
     return rows
+
+
+def paired_table(
+    rows: Sequence[Mapping[str, Any]],
+    groups: Sequence[str] | None = None,
+    label: Callable[[str], str] = str,
+    first_column: str = "Method",
+) -> str:
+    """Markdown table of :func:`paired_rows`: one line per method, one :func:`paired_cell` per group.
+
+    ``groups`` fixes the column order (default: as they come in ``rows``); a group a method has no row
+    for reads ``n/a``. ``label`` maps a method name to the name shown in the first column."""
+    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
+    cols = list(groups) if groups is not None else list(dict.fromkeys(str(r["group"]) for r in rows))
+    idx = {(str(r["method"]), str(r["group"])): r for r in rows}
+    head = [first_column] + [f"{g}: ΔDice (better/worse of n), Wilcoxon p" for g in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        cells = [label(m)] + ["n/a" if (m, g) not in idx else paired_cell(idx[(m, g)]) for g in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def fold_means(

@@ -15,7 +15,9 @@ from nnunetv2_mtmd.evaluation.paired import (
     load_case_scores,
     paired_comparison,
     paired_plot,
+    paired_rows,
     paired_stats,
+    paired_table,
 )
 
 
@@ -95,6 +97,22 @@ def test_paired_comparison_per_domain_and_pooled():
     assert (res["knee"]["better"], res["knee"]["worse"]) == (1, 1)
     assert res["hip"]["n"] == 1 and res["hip"]["mean_diff"] == pytest.approx(0.05)
     assert res[POOLED]["n"] == 3 and res[POOLED]["mean_diff"] == pytest.approx((0.2 - 0.1 + 0.05) / 3)
+
+
+def test_paired_table_orders_groups_labels_methods_and_marks_missing_groups():
+    ref = {"knee_1": ("knee", 0.5), "knee_2": ("knee", 0.7)}
+    oth = {"knee_1": ("knee", 0.6), "knee_2": ("knee", 0.8)}
+    rows = paired_rows({"A": ref, "B": oth})
+    lines = paired_table(rows, ["hip", "knee"], label=str.lower, first_column="Scheme").splitlines()
+    assert lines[0] == ("| Scheme | hip: ΔDice (better/worse of n), Wilcoxon p | "
+                        "knee: ΔDice (better/worse of n), Wilcoxon p |")
+    assert lines[1] == "|---|---|---|"
+    # both cases +0.1: 2 of 2 better, exact two-sided p = 2/4; no hip case -> n/a
+    assert lines[2] == "| b | n/a | +0.100 ± 0.000 (2/0 of 2), p=0.500 |"
+    assert len(lines) == 3
+    # default: groups as they come (domains, then pooled), names unchanged
+    assert paired_table(rows).splitlines()[0].startswith("| Method | knee: ")
+    assert paired_table(rows).splitlines()[0].endswith("| pooled: ΔDice (better/worse of n), Wilcoxon p |")
 
 
 def test_paired_comparison_refuses_different_cases_or_domains():
