@@ -24,8 +24,8 @@ One resumable pipeline with its own nnU-Net folders under a work directory (neve
    (Individual predictions remapped with the domain block's label mapping and prefixed with the
    domain, :func:`unify_individual_prediction`), post-processed (``nnUNetv2_mtmd_postprocess``),
    evaluated with and without post-processing (``nnUNetv2_mtmd_evaluate``), compared
-   (``nnUNetv2_mtmd_compare``, KS against Individual), and the best multi-domain scheme's embeddings
-   are analysed (``nnUNetv2_mtmd_embeddings``).
+   (``nnUNetv2_mtmd_compare``, KS against Individual), and the embeddings of every multi-domain
+   scheme's model of the first fold are analysed (``nnUNetv2_mtmd_embeddings``).
 4. **report**: ``results.md`` built only from the CSV/JSON files written by those commands, with
    the hardware, budget, commands and a discussion section left to a human.
 
@@ -505,6 +505,17 @@ def epoch_times(fold_dir: Path) -> list[float]:
     for log in sorted(Path(fold_dir).glob("training_log_*.txt")):
         out += [float(m.group(1)) for m in _EPOCH_TIME.finditer(log.read_text(errors="replace"))]
     return out
+
+
+_AE_FROZEN = re.compile(r"MJAP autoencoder frozen; validation reconstruction Dice ([0-9.]+|nan)")
+
+
+def autoencoder_dice(fold_dir: Path) -> float | None:
+    """The validation reconstruction Dice of the MJAP label autoencoder when it was frozen (the last
+    ``MJAP autoencoder frozen`` line of the training logs in ``fold_dir``); None if not logged."""
+    vals = [float(m.group(1)) for log in sorted(Path(fold_dir).glob("training_log_*.txt"))
+            for m in _AE_FROZEN.finditer(log.read_text(errors="replace"))]
+    return vals[-1] if vals else None
 
 
 def training_hours(epoch_times_per_model: Sequence[Sequence[float]], epochs: int) -> float | None:
@@ -1202,16 +1213,19 @@ class Study:
                                     "--names", *schemes, "--overwrite"])
         best = self.best_multi_domain_scheme() if not self.dry else next(
             (s for s in schemes if s != INDIVIDUAL), None)
-        emb = None
-        if best is not None:
-            emb = self.dir / "embeddings" / f"{best}_fold{folds[0]}"
+        # every multi-domain scheme, so that the report can set the schemes side by side (the paper's
+        # Table 5): how far apart the domains' embeddings are is what MSC changes, not the Dice
+        emb_dirs = {s: self.dir / "embeddings" / f"{s}_fold{folds[0]}" for s in schemes if s != INDIVIDUAL}
+        for s, emb_dir in emb_dirs.items():
             self.run_cmd("embeddings", ["nnUNetv2_mtmd_embeddings", "-d", self.merged, "-c", CONFIGURATION,
-                                        "-tr", SCHEME_TRAINERS[best], "-p", PLANS_NAME, "-f", str(folds[0]),
-                                        "-o", str(emb), "-device", "cpu", "--overwrite", "--no_progress"],
+                                        "-tr", SCHEME_TRAINERS[s], "-p", PLANS_NAME, "-f", str(folds[0]),
+                                        "-o", str(emb_dir), "-device", "cpu", "--overwrite", "--no_progress"],
                          "embeddings")
         if not self.dry:
             save_json({"folds": folds, "schemes": schemes, "best_multi_domain": best,
-                       "embeddings": str(emb) if emb else None, "at": _now()}, ev / "evaluated.json")
+                       "embeddings": str(emb_dirs[best]) if best else None,
+                       "embeddings_by_scheme": {s: str(e) for s, e in emb_dirs.items()}, "at": _now()},
+                      ev / "evaluated.json")
             self.state.mark_done(key)
 
     def fold_components(self, fold: int) -> Path:
@@ -1366,6 +1380,35 @@ def metric_table(summaries: Mapping[str, Mapping[str, Any]], metric: str, spec: 
     return "\n".join(lines)
 
 
+def other_domain_text(summaries: Mapping[str, Mapping[str, Any]], spec: DomainSpec) -> str:
+    """One paragraph: per scheme, the held-out cases whose prediction holds labels of another domain
+    (``labels_of_other_domains`` of evaluate's summary.json; such voxels are not scored)."""
+    names = {lab.unified_id: f"{d.name}_{lab.name}" for d in spec.domains for lab in d.labels}
+    parts, clean, unknown = [], [], []
+    for s, summ in summaries.items():
+        other = summ.get("labels_of_other_domains")
+        if other is None:
+            unknown.append(SCHEME_LABELS.get(s, s))
+            continue
+        bad = other.get("prediction", {})
+        if not bad:
+            clean.append(SCHEME_LABELS.get(s, s))
+            continue
+        cases = "; ".join(
+            f"{c}: " + ", ".join(f"{names.get(int(lab), lab)} {n} voxel{'s' * (n != 1)}" for lab, n in labs.items())
+            for c, labs in list(bad.items())[:5]
+        ) + (" ..." if len(bad) > 5 else "")
+        parts.append(f"{SCHEME_LABELS.get(s, s)} in {len(bad)} of {summ.get('n_cases', '?')} cases ({cases})")
+    text = ("Predictions that contain labels of another domain (not scored above; post-processing sets them "
+            "to background): ")
+    body = list(parts)
+    if clean:
+        body.append("none" if not (parts or unknown) else "none: " + ", ".join(clean))
+    if unknown:
+        body.append("not recorded by the evaluation of " + ", ".join(unknown))
+    return text + "; ".join(body) + "."
+
+
 def ks_table(compare_json: Mapping[str, Any], domains: Sequence[str] | None = None) -> str:
     """Markdown table of nnUNetv2_mtmd_compare's compare.json: per scheme and group, mean slice Dice
     [P16, P84] and the KS p-value against the reference scheme. Groups in the order of ``domains``
@@ -1400,19 +1443,10 @@ def paired_table(scores: Mapping[str, Mapping[str, tuple[str, float]]], domains:
     """Markdown table: per scheme (after the first, the reference) and domain (and pooled), the mean ±
     std of the per-case Dice difference to the reference, better / worse case counts and the Wilcoxon
     signed-rank p-value (:mod:`nnunetv2_mtmd.evaluation.paired`)."""
-    from nnunetv2_mtmd.evaluation.paired import POOLED, paired_cell, paired_comparison
+    from nnunetv2_mtmd.evaluation import paired
 
-    names = list(scores)
-    ref = names[0]
-    groups = [*domains, POOLED]
-    head = ["Scheme"] + [f"{g}: ΔDice (better/worse of n), Wilcoxon p" for g in groups]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in names[1:]:
-        res = paired_comparison(scores[ref], scores[s], ref, s)
-        cells = [SCHEME_LABELS.get(s, s)]
-        cells += ["n/a" if g not in res else paired_cell(res[g]) for g in groups]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return paired.paired_table(paired.paired_rows(scores), [*domains, paired.POOLED],
+                               label=lambda s: SCHEME_LABELS.get(s, s), first_column="Scheme")
 
 
 def fold_table(scores: Mapping[str, Mapping[str, tuple[str, float]]], folds: Mapping[int, Sequence[str]],
@@ -1469,6 +1503,26 @@ def case_level_text(study: Study, variant: str, schemes: Sequence[str], folds: S
 def _read_similarity(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def embedding_table(sims: Mapping[str, Sequence[Mapping[str, str]]], kind: str) -> str:
+    """Markdown table of the ``kind`` (``"inter"`` or ``"intra"``) -domain cosine similarity: rows =
+    stages (of the first scheme), columns = schemes, cells ``mean ± std`` (similarity.csv rows of
+    ``nnUNetv2_mtmd_embeddings``)."""
+    if kind not in ("inter", "intra"):
+        raise ValueError(f"kind must be 'inter' or 'intra', not {kind!r}")
+    schemes = list(sims)
+    by_stage = {s: {r["stage_name"]: r for r in rows} for s, rows in sims.items()}
+    stages = [(r["stage_name"], r["channels"]) for r in sims[schemes[0]]] if schemes else []
+    head = ["Stage", "Channels"] + [f"{SCHEME_LABELS.get(s, s)}: {kind}-domain" for s in schemes]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, ch in stages:
+        cells = []
+        for s in schemes:
+            r = by_stage[s].get(name)
+            cells.append(_pm(r[f"{kind}_mean"], r[f"{kind}_std"]) if r else "n/a")
+        lines.append(f"| {name} | {ch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 DISCUSSION_HEADING = "## Discussion"
@@ -1643,6 +1697,14 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
         "times overlap and each is longer than it would be alone. Seconds per iteration: nnU-Net's logged epoch "
         "time divided by the training iterations per epoch, median over the epochs.")
     add("")
+    ae = [(s, f, autoencoder_dice(fold_folder(study.results, ds, tr, f)))
+          for s in schemes if "MJAP" in s for f in folds for _, ds, tr in study.runs(f, [s])]
+    if ae:
+        add(f"MJAP label autoencoder after its {b.ae_iterations} iterations (then frozen), validation reconstruction "
+            "Dice (mean foreground Dice of the reconstructed labels against the input labels, from nnU-Net's "
+            "training log): " + "; ".join(
+                f"{SCHEME_LABELS[s]} fold {f} " + ("n/a" if v is None else f"{v:.3f}") for s, f, v in ae) + ".")
+        add("")
     add("## Hardware")
     add("")
     add(f"- CPU: {hw.get('cpu_model', 'unknown')}, {hw['nproc']} logical cores (nproc); RAM {hw.get('ram_gib', '?')} "
@@ -1682,6 +1744,8 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
             add("")
             add(metric_table(summaries[variant], metric, spec))
             add("")
+        add(other_domain_text(summaries[variant], spec))
+        add("")
         cj = d / "evaluation" / f"compare_{variant}" / "compare.json"
         if cj.is_file():
             add("### 2D slice Dice and Kolmogorov-Smirnov test against the first scheme")
@@ -1693,22 +1757,27 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
                 "scipy.stats.ks_2samp) against the reference scheme, per domain and pooled.")
             add("")
         L.extend(case_level_text(study, variant, schemes, folds, pics_dir))
-    add("## Embeddings of the best multi-domain scheme")
+    add("## Embeddings of the multi-domain schemes")
     add("")
     emb = evaluated.get("embeddings")
     best = evaluated.get("best_multi_domain")
-    if emb and (Path(emb) / "similarity.csv").is_file():
+    by_scheme = evaluated.get("embeddings_by_scheme") or ({best: emb} if best and emb else {})
+    sims = {s: _read_similarity(Path(e) / "similarity.csv") for s, e in by_scheme.items()
+            if (Path(e) / "similarity.csv").is_file()}
+    if emb and best in sims:
         dm = domain_mean_dice(summaries["raw"][best])
-        add(f"Best multi-domain scheme by mean domain Dice without post-processing: **{SCHEME_LABELS[best]}** "
-            f"({dm:.3f}); embeddings of fold {folds[0]}'s model (`nnUNetv2_mtmd_embeddings`, files in `{emb}`).")
+        add(f"Embeddings of fold {folds[0]}'s model of every multi-domain scheme (`nnUNetv2_mtmd_embeddings`, "
+            f"files in `{Path(emb).parent}`): per encoder / decoder stage, the cosine similarity of the "
+            "L2-normalised global-average-pooled stage outputs of two slices of the same domain (intra) and of "
+            "different domains (inter), mean ± std over the pairs (the paper's Table 5). A lower inter-domain "
+            "similarity means the domains are further apart in the shared layers' output. Best multi-domain "
+            f"scheme by mean domain Dice without post-processing: **{SCHEME_LABELS[best]}** ({dm:.3f}).")
         add("")
-        rows = _read_similarity(Path(emb) / "similarity.csv")
-        add("| Stage | Channels | Intra-domain cosine similarity | Inter-domain cosine similarity |")
-        add("|---|---|---|---|")
-        for r in rows:
-            add(f"| {r['stage_name']} | {r['channels']} | {_pm(r['intra_mean'], r['intra_std'])} | "
-                f"{_pm(r['inter_mean'], r['inter_std'])} |")
+        add(embedding_table(sims, "inter"))
         add("")
+        add(embedding_table(sims, "intra"))
+        add("")
+        rows = sims[best]
         names = [r["stage_name"] for r in rows]
         enc = [n for n in names if n.startswith("enc")]
         dec = [n for n in names if n.startswith("dec")]

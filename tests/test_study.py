@@ -7,6 +7,7 @@ three tiny synthetic source datasets."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -29,11 +30,13 @@ from nnunetv2_mtmd.study import (
     StudyBudget,
     StudyError,
     StudyState,
+    autoencoder_dice,
     budget_rows,
     coarse_2d_plans,
     components_text,
     config_differences,
     domain_mean_dice,
+    embedding_table,
     epoch_times,
     epochs_completed,
     estimate_hours,
@@ -44,6 +47,7 @@ from nnunetv2_mtmd.study import (
     keep_discussion,
     ks_table,
     metric_table,
+    other_domain_text,
     paired_table,
     remap_labels,
     strip_domain_prefix,
@@ -231,6 +235,20 @@ def test_epoch_times_from_training_logs(tmp_path):
     assert epoch_times(tmp_path) == [8.5, 7.25, 6.0]
 
 
+def test_autoencoder_dice_is_the_last_frozen_line(tmp_path):
+    assert autoencoder_dice(tmp_path) is None  # no log
+    (tmp_path / "training_log_2024_1_1_10_00_00.txt").write_text(
+        "x: MJAP autoencoder it 300/300: CE 0.1 MSC 1.1 validation reconstruction Dice 0.2561\n"
+        "x: MJAP autoencoder frozen; validation reconstruction Dice 0.2561\nx: Epoch 0\n")
+    assert autoencoder_dice(tmp_path) == pytest.approx(0.2561)
+    # a restart from scratch in a later log trains a new autoencoder: its value counts
+    (tmp_path / "training_log_2024_1_1_11_00_00.txt").write_text(
+        "x: MJAP autoencoder frozen; validation reconstruction Dice 0.3386\n")
+    assert autoencoder_dice(tmp_path) == pytest.approx(0.3386)
+    (tmp_path / "training_log_2024_1_1_12_00_00.txt").write_text("x: Epoch time: 6.0 s\n")  # resumed: no phase 1
+    assert autoencoder_dice(tmp_path) == pytest.approx(0.3386)
+
+
 def test_state_resume_and_config_check(tmp_path):
     st = StudyState(tmp_path / "state.json")
     st.set_config({"budget": {"iterations": 10, "epochs": 2}, "sources": ["A", "B"]})
@@ -365,20 +383,30 @@ def test_training_env_limits_threads_only_with_jobs(tmp_path, monkeypatch):
 class _FakeTrainings:
     """A Study whose trainings are sleeps: records how many overlap and when folds are evaluated."""
 
-    def __init__(self, study, runs, fail=None):
+    def __init__(self, study, runs, fail=None, slow_waits_for_evaluation=False):
         self.study, self.lock, self.running, self.max_running = study, threading.Lock(), 0, 0
         self.done, self.events, self.fail = set(), [], fail
+        # "slow" ends only after the other fold was evaluated: no race with the scheduler (CI runs
+        # this under load, where fixed sleeps let both folds complete before the first evaluation)
+        self.slow_waits, self.evaluated = slow_waits_for_evaluation, threading.Event()
         study.pending_trainings = lambda: list(runs)
         study._train_one = self.train_one
         study.fold_complete = lambda fold: all((f, s) in self.done for f, s, *_ in runs if f == fold)
-        study.evaluate = lambda: self.events.append(("evaluate", sorted(self.done)))
+        study.evaluate = self.evaluate
         study.report = lambda: self.events.append(("report",))
+
+    def evaluate(self):
+        self.events.append(("evaluate", sorted(self.done)))
+        self.evaluated.set()
 
     def train_one(self, fold, scheme, dataset, trainer, status):
         with self.lock:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
-        time.sleep(0.3 if scheme == "slow" else 0.1)
+        if scheme == "slow" and self.slow_waits:
+            assert self.evaluated.wait(30), "the other fold was never evaluated while this one trained"
+        else:
+            time.sleep(0.3 if scheme == "slow" else 0.1)
         with self.lock:
             self.running -= 1
             self.done.add((fold, scheme))
@@ -393,17 +421,19 @@ def test_train_runs_jobs_at_once_and_evaluates_each_fold_when_complete(tmp_path,
     runs = [(0, "a", "D", "T", "new"), (0, "slow", "D", "T", "new"), (1, "a", "D", "T", "new"),
             (1, "b", "D", "T", "new")]
     study = Study(StudyOptions(tmp_path / "w", sources_dir=_sources(tmp_path, n_cases=1), folds=[0, 1], jobs=jobs))
-    fake = _FakeTrainings(study, runs)
+    fake = _FakeTrainings(study, runs, slow_waits_for_evaluation=jobs > 1)
     study.train(evaluate_as_we_go=True)
     assert fake.max_running == expected_max
     assert fake.done == {(0, "a"), (0, "slow"), (1, "a"), (1, "b")}
     evals = [e[1] for e in fake.events if e[0] == "evaluate"]
     assert len(evals) == 2 and [e[0] for e in fake.events].count("report") == 2  # once per fold
-    # each evaluation came when one more fold had all its models (with jobs, fold 1 may finish first)
+    # each evaluation came when one more fold had all its models (with jobs, fold 1 finishes first)
     folds_complete = [sum(all(tuple(r[:2]) in snap for r in runs if r[0] == f) for f in (0, 1)) for snap in evals]
     assert folds_complete == [1, 2]
     if jobs == 1:
         assert set(evals[0]) == {(0, "a"), (0, "slow")}
+    else:  # fold 1 was evaluated while fold 0's slow model still trained
+        assert {(1, "a"), (1, "b")} <= set(evals[0]) and (0, "slow") not in evals[0]
 
 
 def test_parallel_train_failure_stops_new_trainings_and_raises(tmp_path):
@@ -537,6 +567,37 @@ def test_metric_and_ks_tables():
     cj["rows"] = [{**r, "group": g} for g in ("hip", "knee", "pooled") for r in cj["rows"][:2]]
     head = ks_table(cj, ["knee", "hip"]).splitlines()[0]
     assert head.startswith("| Scheme | knee: ") and head.index("| hip: ") < head.index("| pooled: ")
+
+
+@pytest.mark.parametrize("summaries, expected", [
+    ({"Individual": {"labels_of_other_domains": {"prediction": {}}, "n_cases": 4},
+      "Shared": {"labels_of_other_domains": {"prediction": {"knee_2": {"3": 5, "2": 1}}}, "n_cases": 4}},
+     "Shared in 1 of 4 cases (knee_2: hip_femur 5 voxels, knee_tibia 1 voxel); none: Individual."),
+    ({"DSL": {"labels_of_other_domains": {"prediction": {}}}}, "none."),
+    ({"DSL": {"labels_of_other_domains": {"prediction": {}}}, "Shared": {}},
+     "none: DSL; not recorded by the evaluation of Shared."),
+    ({"Shared": {}}, "not recorded by the evaluation of Shared."),
+])
+def test_other_domain_text(summaries, expected):
+    text = other_domain_text(summaries, _spec())
+    assert text.startswith("Predictions that contain labels of another domain")
+    assert text.endswith("background): " + expected)
+
+
+def test_embedding_table_sets_schemes_side_by_side():
+    def rows(inter):
+        return [{"stage_name": n, "channels": "16", "intra_mean": "0.99", "intra_std": "0.01",
+                 "inter_mean": str(v), "inter_std": "0.05"} for n, v in zip(("enc0", "dec0"), inter)]
+
+    sims = {"DSL": rows([0.9, 0.8]), "DSL_MSC": rows([0.3, 0.25])[:1]}
+    lines = embedding_table(sims, "inter").splitlines()
+    assert lines[0] == "| Stage | Channels | DSL: inter-domain | DSL+MSC: inter-domain |"
+    assert lines[1] == "|---|---|---|---|"
+    assert lines[2] == "| enc0 | 16 | 0.900 ± 0.050 | 0.300 ± 0.050 |"
+    assert lines[3] == "| dec0 | 16 | 0.800 ± 0.050 | n/a |"  # a stage one scheme lacks
+    assert embedding_table(sims, "intra").splitlines()[2] == "| enc0 | 16 | 0.990 ± 0.010 | 0.990 ± 0.010 |"
+    with pytest.raises(ValueError, match="'inter' or 'intra'"):
+        embedding_table(sims, "between")
 
 
 def test_paired_and_fold_tables():
@@ -767,6 +828,8 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     text = report.read_text()
     assert "## Results without post-processing" in text and "## Results with the paper's post-processing" in text
     assert "Structures with k > 1 (fold 0: none)" in text
+    # neither an Individual model (remapped) nor DSL's per-domain heads can output another domain's label
+    assert text.count("another domain (not scored above; post-processing sets them to background): none.") == 2
     assert "To be written by a human" in text
     for scheme in ("Individual", "DSL"):
         summ = json.loads((work / "evaluation" / scheme / "raw" / "summary.json").read_text())
@@ -779,6 +842,11 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     evaluated = json.loads((work / "evaluation" / "evaluated.json").read_text())
     assert evaluated["folds"] == [0] and evaluated["best_multi_domain"] == "DSL"
     assert list((report.parent / "results").glob("tsne_*.png"))
+    assert evaluated["embeddings_by_scheme"] == {"DSL": str(work / "embeddings" / "DSL_fold0")}
+    with open(work / "embeddings" / "DSL_fold0" / "similarity.csv", newline="") as fh:
+        sim = next(csv.DictReader(fh))
+    inter = f"{float(sim['inter_mean']):.3f} ± {float(sim['inter_std']):.3f}"
+    assert f"| {sim['stage_name']} | {sim['channels']} | {inter} |" in text
     # the per-case paired comparison, computed independently from the two metrics.csv files
     from nnunetv2_mtmd.evaluation.paired import load_case_scores
 
