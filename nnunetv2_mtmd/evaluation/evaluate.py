@@ -121,6 +121,11 @@ def evaluate_case(task: tuple[str, Path, Path, DomainSpec, int]) -> dict[str, An
     }
 
 
+def _voxel_counts_text(counts: dict[int, int]) -> str:
+    """``{3: 5, 4: 1}`` -> ``"label 3: 5 voxels, label 4: 1 voxel"``."""
+    return ", ".join(f"label {lab}: {n} voxel{'s' * (n != 1)}" for lab, n in counts.items())
+
+
 def _voxels_of(arr: np.ndarray, labels: set[int]) -> dict[int, int]:
     return {lab: int(np.count_nonzero(arr == lab)) for lab in sorted(labels)}
 
@@ -310,7 +315,7 @@ def evaluate_folders(
                 len(bad),
                 what,
                 first,
-                ", ".join(f"label {lab}: {n} voxels" for lab, n in bad[first].items()),
+                _voxel_counts_text(bad[first]),
             )
     summary = summarize(rows, spec)
     summary.update(
@@ -340,7 +345,7 @@ def evaluate_folders(
             header.append(
                 f"  \nLabels of another domain in the {what} (not evaluated), in {len(bad)} of {len(pairs)} cases: "
                 + "; ".join(
-                    f"{c} (" + ", ".join(f"label {lab}: {n} voxel{'s' * (n != 1)}" for lab, n in labs.items()) + ")"
+                    f"{c} ({_voxel_counts_text(labs)})"
                     for c, labs in list(bad.items())[:10]
                 )
                 + (" ..." if len(bad) > 10 else "")
