@@ -1184,6 +1184,7 @@ class Study:
         np_ = str(self.opts.num_processes)
         ev = self.dir / "evaluation"
         components = {fold: self.fold_components(fold) for fold in folds}
+        self.reference_parts(folds, components)
         by_fold = self.dir / "predictions_by_fold"
         for s in schemes:
             pred, pp = self.dir / "predictions" / s, self.dir / "predictions_postprocessed" / s
@@ -1243,6 +1244,25 @@ class Study:
         comp = expected_components(files, self.spec, fe)
         out.parent.mkdir(parents=True, exist_ok=True)
         save_json({name: comp[lab] for name, lab in structure_names(self.spec).items()}, out)
+        return out
+
+    def reference_parts(self, folds: Sequence[int], components: Mapping[int, Path]) -> Path:
+        """The held-out reference structures that the post-processing (with each fold's ``components``
+        file) would cut, as ``DIR/evaluation/reference_parts.json`` (:func:`parts_beyond_kept`)."""
+        from nnunetv2_mtmd.evaluation.postprocess import parts_beyond_kept, read_components
+
+        out = self.dir / "evaluation" / "reference_parts.json"
+        self.note(f"list the held-out reference structures with more parts than the post-processing keeps into {out}")
+        if self.dry:
+            return out
+        fe, splits = self.file_ending(), self.load_splits(self.merged)
+        n, rows = 0, []
+        for f in folds:
+            files = [self.raw / self.merged / "labelsTr" / f"{c}{fe}" for c in splits[f]["val"]]
+            m, cut = parts_beyond_kept(files, self.spec, fe, read_components(components[f], self.spec))
+            n += m
+            rows += [{"fold": f, **r} for r in cut]
+        save_json({"folds": list(folds), "structures": n, "cut": rows}, out)
         return out
 
     # ------------------------------------------------------------------------------ report
@@ -1619,6 +1639,23 @@ def components_text(ev_dir: Path, folds: Sequence[int]) -> str:
             f"({by_fold}); every other structure keeps one component, as in the paper.")
 
 
+def reference_cut_text(path: Path, limit: int = 10) -> str:
+    """One paragraph from ``reference_parts.json``: the held-out reference structures that the
+    post-processing would cut, most voxels removed first ("" when the file is missing)."""
+    if not Path(path).is_file():
+        return ""
+    data = load_json(path)
+    cut = sorted(data["cut"], key=lambda r: -r["voxels_removed"])
+    text = ("Held-out reference structures that this post-processing would cut even in a perfect prediction "
+            "(more 3D components, specks included, than it keeps; `reference_parts.json`): ")
+    if not cut:
+        return text + f"none of {data['structures']}."
+    items = "; ".join(
+        f"{r['case']} {r['name']} ({r['components']} components, {r['kept']} kept, {r['voxels_removed']} of "
+        f"{r['voxels']} voxels outside them)" for r in cut[:limit])
+    return text + f"{len(cut)} of {data['structures']}: {items}" + (" ..." if len(cut) > limit else ".")
+
+
 def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
     """The text of results.md, from the files the pipeline wrote (no number typed by hand)."""
     d = study.dir
@@ -1739,6 +1776,10 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
         if variant == "postprocessed":
             add(components_text(d / "evaluation", folds))
             add("")
+            cut = reference_cut_text(d / "evaluation" / "reference_parts.json")
+            if cut:
+                add(cut)
+                add("")
         for metric, label in REPORT_METRICS.items():
             add(f"### {label}")
             add("")

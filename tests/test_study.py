@@ -49,6 +49,7 @@ from nnunetv2_mtmd.study import (
     metric_table,
     other_domain_text,
     paired_table,
+    reference_cut_text,
     remap_labels,
     strip_domain_prefix,
     train_command,
@@ -754,6 +755,30 @@ def test_fold_components_counts_parts_in_the_folds_training_labels_only(tmp_path
     (ev / "components_fold3.json").write_text((ev / "components_fold0.json").read_text())
     assert "(folds 0, 3: hip_femur 2)" in components_text(ev, [0, 3])
     assert "largest component of every structure" in components_text(study.dir / "evaluation", [2])
+    # held out in fold 1, hip_a and hip_b have two femur parts of 3 voxels each, but fold 1 keeps one
+    comp = {f: ev / f"components_fold{f}.json" for f in (0, 1)}
+    cut = json.loads(study.reference_parts([0, 1], comp).read_text())
+    row = {"fold": 1, "label": 3, "name": "hip_femur", "components": 2, "kept": 1, "voxels": 6, "voxels_removed": 3}
+    assert cut == {"folds": [0, 1], "structures": 3,
+                   "cut": [{**row, "case": "hip_a"}, {**row, "case": "hip_b"}]}
+
+
+@pytest.mark.parametrize("cut, limit, expected", [
+    ([], 10, "perfect prediction (more 3D components, specks included, than it keeps; `reference_parts.json`): "
+              "none of 7."),
+    # most voxels removed first
+    ([("a", 2, 1, 10, 1), ("b", 3, 2, 40, 15)], 10,
+     ": 2 of 7: b s (3 components, 2 kept, 15 of 40 voxels outside them); a s (2 components, 1 kept, 1 of 10 "
+     "voxels outside them)."),
+    ([("a", 2, 1, 10, 1), ("b", 3, 2, 40, 15)], 1, ": 2 of 7: b s (3 components, 2 kept, 15 of 40 voxels outside "
+                                                   "them) ..."),
+])
+def test_reference_cut_text(tmp_path, cut, limit, expected):
+    rows = [{"case": c, "name": "s", "components": n, "kept": k, "voxels": v, "voxels_removed": r}
+            for c, n, k, v, r in cut]
+    save_json({"folds": [0], "structures": 7, "cut": rows}, tmp_path / "r.json")
+    assert reference_cut_text(tmp_path / "r.json", limit).endswith(expected)
+    assert reference_cut_text(tmp_path / "missing.json") == ""
 
 
 # ------------------------------------------------------------------------------------- smoke
@@ -828,6 +853,9 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     text = report.read_text()
     assert "## Results without post-processing" in text and "## Results with the paper's post-processing" in text
     assert "Structures with k > 1 (fold 0: none)" in text
+    ref_parts = json.loads((work / "evaluation" / "reference_parts.json").read_text())
+    assert ref_parts["folds"] == [0] and ref_parts["structures"] >= len(merged[0]["val"])
+    assert reference_cut_text(work / "evaluation" / "reference_parts.json") in text
     # neither an Individual model (remapped) nor DSL's per-domain heads can output another domain's label
     assert text.count("another domain (not scored above; post-processing sets them to background): none.") == 2
     assert "To be written by a human" in text

@@ -154,6 +154,45 @@ def expected_components(
     return {lab: max(1, int(statistics.median_low(v))) if v else 1 for lab, v in counts.items()}
 
 
+def parts_beyond_kept(
+    label_files: Sequence[Path],
+    spec: DomainSpec,
+    file_ending: str,
+    keep: Mapping[int, int],
+    connectivity: int = CONNECTIVITY,
+) -> tuple[int, list[dict]]:
+    """Reference structures that the post-processing would cut if the prediction were perfect.
+
+    Post-processing keeps the ``keep[label]`` largest components of each structure (default 1); a
+    reference structure with more components (specks included: every component counts here, unlike
+    :func:`expected_components`) loses voxels to it, and a perfect prediction would lose them too.
+    Such structures explain post-processing that makes a scheme worse, and distances (MSSD) that no
+    scheme can get right. ``label_files``: ``<case><file_ending>`` label maps of the merged dataset.
+
+    Returns ``(number of structures present in the files, rows)`` with one row per cut structure:
+    ``case``, ``label`` (unified id), ``name`` (``<domain>_<structure>``), ``components``, ``kept``,
+    ``voxels`` (of the structure) and ``voxels_removed`` (outside its ``kept`` largest components)."""
+    names = {lab: name for name, lab in structure_names(spec).items()}
+    n_present, rows = 0, []
+    for f in label_files:
+        f = Path(f)
+        if not f.name.endswith(file_ending):
+            raise InputDataError(f"{f} does not end with the dataset's file ending {file_ending!r}.")
+        case = f.name[: -len(file_ending)]
+        arr = label_array(read_image(f), f)
+        for lab in spec.domain_of_case(case).unified_ids:
+            _, _, sizes = _components(arr == lab, connectivity)
+            if len(sizes) == 0:
+                continue
+            n_present += 1
+            k = int(keep.get(lab, 1))
+            if len(sizes) > k:
+                kept = int(np.sort(sizes)[::-1][:k].sum())
+                rows.append({"case": case, "label": int(lab), "name": names[lab], "components": int(len(sizes)),
+                             "kept": k, "voxels": int(sizes.sum()), "voxels_removed": int(sizes.sum()) - kept})
+    return n_present, rows
+
+
 def structure_names(spec: DomainSpec) -> dict[str, int]:
     """Unified label name (``<domain>_<structure>``, as in the merged dataset.json) -> unified id."""
     return {d.unified_name(lab): lab.unified_id for d in spec.domains for lab in d.labels}

@@ -19,6 +19,7 @@ from nnunetv2_mtmd.evaluation.postprocess import (
     largest_component,
     largest_components,
     merge_closings,
+    parts_beyond_kept,
     postprocess_folder,
     postprocess_labels,
     read_components,
@@ -267,6 +268,33 @@ def test_expected_components_lower_median_over_the_domains_cases(tmp_path):
     assert comp == {1: 1, 2: 1, 3: 1, 4: 2, 5: 1, 6: 1, 7: 1, 8: 2, 9: 1}
     with pytest.raises(InputDataError, match="file ending"):
         expected_components([tmp_path / "knee_001.nii.gz"], spec, ".mha")
+
+
+def test_parts_beyond_kept_lists_reference_structures_the_postprocessing_would_cut(tmp_path):
+    spec = make_spec()
+    cases = {
+        "knee_001": _two_sided(2),  # femur (4): 2 parts, 2 kept: not cut
+        "knee_002": np.where(_blobs([10, 10, 1]), 4, 0).astype(np.uint8),  # 2 parts + a 1-voxel speck
+        "ankle_001": _with_stray_knee_femur(np.where(_blobs([10, 4]), 2, 0).astype(np.uint8)),  # talus 10 + 4
+        "shoulder_001": np.where(_blobs([7]), 8, 0).astype(np.uint8),  # one part: not cut
+    }
+    for name, arr in cases.items():
+        _write(arr, tmp_path / f"{name}.nii.gz")
+    files = [tmp_path / f"{n}.nii.gz" for n in cases]
+    n, rows = parts_beyond_kept(files, spec, ".nii.gz", {4: 2})
+    # the knee femur in the ankle case is not an ankle structure: neither counted nor cut
+    assert n == 4
+    assert rows == [
+        {"case": "knee_002", "label": 4, "name": "knee_femur", "components": 3, "kept": 2, "voxels": 21,
+         "voxels_removed": 1},
+        {"case": "ankle_001", "label": 2, "name": "ankle_talus", "components": 2, "kept": 1, "voxels": 14,
+         "voxels_removed": 4},
+    ]
+    # with the paper's k = 1 everywhere, both sides of knee_001's femur count as a cut
+    _, rows1 = parts_beyond_kept(files[:1], spec, ".nii.gz", {})
+    assert rows1[0]["voxels_removed"] == 10
+    with pytest.raises(InputDataError, match="file ending"):
+        parts_beyond_kept(files, spec, ".mha", {})
 
 
 def test_postprocess_keeps_both_sides_of_a_two_part_structure():
