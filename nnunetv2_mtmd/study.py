@@ -111,7 +111,8 @@ SCHEME_LABELS: dict[str, str] = {s: s.replace("_", "+") for s in SCHEME_TRAINERS
 DEFAULT_SCHEMES = ("Individual", "Shared", "DSL", "DSL_MSC", "DSL_MJAP", "DSL_MSC_MJAP")
 STAGES = ("all", "prepare", "train", "evaluate", "report", "measure", "status")
 #: Metrics of the report tables (keys of evaluate's summary.json) and their headings.
-REPORT_METRICS = {"dice": "Dice", "assd_mm": "ASSD (mm)", "mssd_mm": "MSSD (mm)"}
+# sensitivity next to the Dice tells under- from over-segmentation (Dice = 2PS / (P + S), P precision)
+REPORT_METRICS = {"dice": "Dice", "sensitivity": "Sensitivity", "assd_mm": "ASSD (mm)", "mssd_mm": "MSSD (mm)"}
 EVAL_VARIANTS = {"raw": "without post-processing", "postprocessed": "with the paper's post-processing"}
 
 

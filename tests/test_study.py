@@ -852,6 +852,7 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
 
     text = report.read_text()
     assert "## Results without post-processing" in text and "## Results with the paper's post-processing" in text
+    assert text.count("### Sensitivity") == 2
     assert "Structures with k > 1 (fold 0: none)" in text
     ref_parts = json.loads((work / "evaluation" / "reference_parts.json").read_text())
     assert ref_parts["folds"] == [0] and ref_parts["structures"] >= len(merged[0]["val"])
@@ -861,8 +862,8 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     assert "To be written by a human" in text
     for scheme in ("Individual", "DSL"):
         summ = json.loads((work / "evaluation" / scheme / "raw" / "summary.json").read_text())
-        cell = format_stat(summ["domains"]["ankle"]["structures"]["talus"]["dice"], "dice")
-        assert cell in text
+        for metric in ("dice", "sensitivity"):
+            assert format_stat(summ["domains"]["ankle"]["structures"]["talus"][metric], metric) in text
     compare = json.loads((work / "evaluation" / "compare_raw" / "compare.json").read_text())
     assert compare["reference_method"] == "Individual"
     pooled = next(r for r in compare["rows"] if r["method"] == "DSL" and r["group"] == "pooled")
