@@ -322,14 +322,14 @@ def build_real_benchmark(tmp: Path) -> tuple[DomainSpec, Path, Path]:
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_real_data_30_cases_timing(tmp_path):
+def test_real_data_30_cases(tmp_path):
+    # the time is printed, not asserted: CI runs this beside other tests on 2 cores (speed belongs to
+    # benchmarks, docs/evaluation.md has the measured 10 s)
     spec, ref_dir, pred_dir = build_real_benchmark(tmp_path)
     assert len(list(ref_dir.iterdir())) == 30
     t0 = time.perf_counter()
     summary = evaluate_folders(ref_dir, pred_dir, spec, ".nii.gz", tmp_path / "eval", num_processes=2)
-    seconds = time.perf_counter() - t0
-    print(f"evaluated 30 real cases in {seconds:.1f} s")
-    assert seconds < 120
+    print(f"evaluated 30 real cases in {time.perf_counter() - t0:.1f} s")
     assert summary["n_cases"] == 30
     for dom in REAL_SETS:
         dice = summary["domains"][dom]["mean"]["dice"]
