@@ -687,7 +687,33 @@ def hardware_info() -> dict[str, Any]:
     for pkg in ("torch", "nnunetv2", "nnunetv2-mtmd"):
         with contextlib.suppress(PackageNotFoundError):
             info[pkg] = version(pkg)
+    info["nnunetv2-mtmd commit"] = code_commit()
     return info
+
+
+COMMIT_FILE = Path(__file__).with_name("COMMIT")
+
+
+def code_commit(commit_file: Path = COMMIT_FILE) -> str | None:
+    """The git commit of this package's code, 12 hex digits: from ``COMMIT`` when the code is a
+    ``git archive`` snapshot (export-subst in .gitattributes fills it in), else ``git rev-parse`` of
+    the checkout it lives in, with ``-dirty`` when files under the package are modified; None when
+    neither is available (e.g. an installed wheel)."""
+    with contextlib.suppress(OSError):
+        text = Path(commit_file).read_text().strip()
+        if re.fullmatch(r"[0-9a-f]{40}", text):
+            return text[:12]
+    pkg = str(Path(commit_file).parent)
+    try:
+        head = subprocess.run(["git", "-C", pkg, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=30)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", pkg, "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 # ------------------------------------------------------------------------------------------ study
@@ -1748,7 +1774,8 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
     add(f"- CPU: {hw.get('cpu_model', 'unknown')}, {hw['nproc']} logical cores (nproc); RAM {hw.get('ram_gib', '?')} "
         f"GiB; load average when this report was written: {hw.get('load_average', '?')}")
     add(f"- {hw['platform']}; Python {hw['python']}, torch {hw.get('torch', '?')}, nnunetv2 {hw.get('nnunetv2', '?')}, "
-        f"nnunetv2-mtmd {hw.get('nnunetv2-mtmd', '?')}; device: CPU (`-device cpu`)")
+        f"nnunetv2-mtmd {hw.get('nnunetv2-mtmd', '?')} (code of commit {hw.get('nnunetv2-mtmd commit') or 'unknown'}, "
+        "which wrote this report); device: CPU (`-device cpu`)")
     add("")
     add("## Check: have the Individual baselines learned?")
     add("")
