@@ -1514,6 +1514,17 @@ def fold_table(scores: Mapping[str, Mapping[str, tuple[str, float]]], folds: Map
     return "\n".join(lines)
 
 
+def paired_references(schemes: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """The paired comparisons of the report, ``(reference, schemes compared with it)``: every scheme
+    with the first (Individual when it ran); and, when DSL ran, its regularized variants (``DSL_*``)
+    with DSL, so that what MSC / SSC / MJAP add is tested on the same cases too."""
+    out = [(schemes[0], list(schemes[1:]))] if len(schemes) > 1 else []
+    regularized = [s for s in schemes if s.startswith("DSL_")]
+    if "DSL" in schemes and schemes[0] != "DSL" and regularized:
+        out.append(("DSL", regularized))
+    return out
+
+
 def case_level_text(study: Study, variant: str, schemes: Sequence[str], folds: Sequence[int],
                     pics_dir: Path) -> list[str]:
     """The report's per-case sections of one evaluation variant: Dice per fold, the paired comparison
@@ -1529,10 +1540,13 @@ def case_level_text(study: Study, variant: str, schemes: Sequence[str], folds: S
          "Mean over the held-out cases of one fold (each case: mean Dice over its structures); the spread "
          "between folds is part of the uncertainty of every comparison.", "",
          fold_table(scores, fold_cases, domains), ""]
+    for ref, others in paired_references(schemes):
+        what = ("" if ref == schemes[0] else
+                " (what the regularization adds to domain-specific layers: the ablation of the paper's Table 3)")
+        L += [f"### Per-case paired comparison with {SCHEME_LABELS.get(ref, ref)}{what}", "",
+              paired_table({ref: scores[ref], **{s: scores[s] for s in others}}, domains), ""]
     if len(schemes) > 1:
-        L += [f"### Per-case paired comparison with {SCHEME_LABELS.get(schemes[0], schemes[0])}", "",
-              paired_table(scores, domains), "",
-              "Every scheme predicts the same held-out cases, so they are compared case by case: ΔDice = mean ± "
+        L += ["Every scheme predicts the same held-out cases, so they are compared case by case: ΔDice = mean ± "
               "std over the cases of (case Dice of the scheme − case Dice of the reference), case Dice = mean over "
               "the case's structures; better/worse: cases where the scheme is higher/lower; p: two-sided Wilcoxon "
               "signed-rank test of the differences (scipy.stats.wilcoxon, exact for small samples; "

@@ -50,6 +50,7 @@ from nnunetv2_mtmd.study import (
     ks_table,
     metric_table,
     other_domain_text,
+    paired_references,
     paired_table,
     reference_cut_text,
     remap_labels,
@@ -476,6 +477,42 @@ def test_code_commit_of_the_checkout_and_of_a_git_archive_snapshot(tmp_path):
     subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=tar, check=True)
     assert (tmp_path / "nnunetv2_mtmd" / "COMMIT").read_text().strip() == head
     assert code_commit(tmp_path / "nnunetv2_mtmd" / "COMMIT") == head[:12]
+
+
+@pytest.mark.parametrize("schemes, expected", [
+    (["Individual"], []),
+    (["Individual", "DSL"], [("Individual", ["DSL"])]),
+    (["Individual", "Shared", "DSL", "DSL_MSC", "DSL_MJAP"],
+     [("Individual", ["Shared", "DSL", "DSL_MSC", "DSL_MJAP"]), ("DSL", ["DSL_MSC", "DSL_MJAP"])]),
+    (["DSL", "DSL_MSC"], [("DSL", ["DSL_MSC"])]),  # DSL is already the reference
+    (["Individual", "DSL_MSC"], [("Individual", ["DSL_MSC"])]),  # no DSL to compare with
+])
+def test_paired_references(schemes, expected):
+    assert paired_references(schemes) == expected
+
+
+def test_case_level_text_compares_the_regularized_schemes_with_dsl_too(tmp_path):
+    from nnunetv2_mtmd.study import case_level_text
+
+    cases = {"knee_a": "knee", "knee_b": "knee", "knee_c": "knee", "hip_a": "hip", "hip_b": "hip", "hip_c": "hip"}
+    base = {c: 0.5 + 0.05 * i for i, c in enumerate(cases)}
+    # DSL+MSC is DSL + 0.01 on every case; DSL is Individual + 0.02
+    offsets = {"Individual": 0.0, "Shared": -0.01, "DSL": 0.02, "DSL_MSC": 0.03}
+    for scheme, off in offsets.items():
+        d = tmp_path / "w" / "evaluation" / scheme / "raw"
+        d.mkdir(parents=True)
+        (d / "metrics.csv").write_text("case,domain,structure,dice\n" + "".join(
+            f"{c},{dom},femur,{base[c] + off:.4f}\n" for c, dom in cases.items()))
+    study = SimpleNamespace(dir=tmp_path / "w", spec=_spec(), merged="M", report_path=tmp_path / "docs" / "r.md",
+                            load_splits=lambda _: [{"val": list(cases)}])
+    text = "\n".join(case_level_text(study, "raw", list(offsets), [0], tmp_path / "docs" / "results"))
+    first, _, second = text.partition("### Per-case paired comparison with DSL (what the regularization adds")
+    assert "### Per-case paired comparison with Individual" in first and second
+    # all 6 cases higher by the same amount: exact two-sided Wilcoxon p = 2 / 2^6
+    assert "| DSL+MSC | +0.010 ± 0.000 (3/0 of 3), p=0.250 | +0.010 ± 0.000 (3/0 of 3), p=0.250 | " \
+           "+0.010 ± 0.000 (6/0 of 6), p=0.031 |" in second
+    assert "| DSL+MSC | +0.030 ± 0.000 (6/0 of 6)" not in second and "+0.030 ± 0.000 (6/0 of 6), p=0.031" in first
+    assert "Shared" not in second and (tmp_path / "docs" / "results" / "case_dice_raw.png").is_file()
 
 
 # ---------------------------------------------------------------------------------- status
