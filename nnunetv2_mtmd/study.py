@@ -475,7 +475,7 @@ def format_progress(rows: Sequence[Mapping[str, Any]], jobs: int = 1) -> str:
     everything = measured[True] + measured[False]
     lines = ["| fold | scheme | dataset | state | epochs | iterations left | s per iteration |",
              "|---|---|---|---|---|---|---|"]
-    left_s, unknown = 0.0, 0
+    left_s, unknown, queue = 0.0, 0, []
     for r in rows:
         spi = r["s_per_it"]
         kind = by_scheme.get(r["scheme"]) or measured[r["scheme"] == INDIVIDUAL] or everything
@@ -485,6 +485,7 @@ def format_progress(rows: Sequence[Mapping[str, Any]], jobs: int = 1) -> str:
                 unknown += 1
             else:
                 left_s += r["iterations_left"] * est
+                queue.append((r["fold"], r["iterations_left"] * est))
         spi_txt = f"{spi:.3f}" if spi is not None else (f"~{est:.3f} (estimate)" if est is not None else "n/a")
         lines.append(f"| {r['fold']} | {r['scheme']} | {r['dataset']} | {r['state']} | "
                      f"{r['epochs_done']}/{r['epochs']} | {r['iterations_left']} | {spi_txt} |")
@@ -497,7 +498,24 @@ def format_progress(rows: Sequence[Mapping[str, Any]], jobs: int = 1) -> str:
         else:
             lines.append(f"Remaining training time: about {left_s / 3600 / max(1, jobs):.1f} h with --jobs {jobs} "
                          "(at the seconds per iteration measured so far; evaluation not included).")
+            ends = fold_finish_seconds(queue, jobs)
+            lines.append("Each fold trained (and then evaluated) in about: " + ", ".join(
+                f"fold {f} {t / 3600:.1f} h" for f, t in ends.items()) + " from now (models in study order, "
+                f"{max(1, jobs)} at a time).")
     return "\n".join(lines)
+
+
+def fold_finish_seconds(queue: Sequence[tuple[int, float]], jobs: int) -> dict[int, float]:
+    """When each fold's last model ends, in seconds from now: ``queue`` holds ``(fold, seconds left)``
+    of the unfinished models in study order (running ones first), each taken by the first of ``jobs``
+    workers to become free, as the study's thread pool does."""
+    free = [0.0] * max(1, jobs)
+    out: dict[int, float] = {}
+    for fold, secs in queue:
+        i = free.index(min(free))
+        free[i] += secs
+        out[fold] = max(out.get(fold, 0.0), free[i])
+    return out
 
 
 def epoch_times(fold_dir: Path) -> list[float]:

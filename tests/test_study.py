@@ -43,6 +43,7 @@ from nnunetv2_mtmd.study import (
     epochs_completed,
     estimate_hours,
     find_sources,
+    fold_finish_seconds,
     fold_table,
     format_progress,
     individual_splits,
@@ -575,6 +576,24 @@ def test_format_progress_estimates_from_the_same_scheme_first():
     # 8000 * 0.7 + 9000 * 0.7 (DSL_MJAP of fold 0) + 9000 * median(0.5, 0.7) = 5600 + 6300 + 5400 = 17300 s
     assert "~0.700 (estimate)" in text and "~0.600 (estimate)" in text
     assert "about 4.8 h with --jobs 1" in text  # 17300 / 3600 = 4.81
+
+
+@pytest.mark.parametrize("jobs, expected", [
+    # 1, 2, 0.5 h of fold 0 then 1 h of fold 1; two workers: [1, 0] -> [1, 2] -> [1.5, 2] -> [2.5, 2]
+    (2, {0: 2.0, 1: 2.5}),
+    (1, {0: 3.5, 1: 4.5}),
+    (3, {0: 2.0, 1: 1.5}),  # [1, 2, 0.5]: fold 1 goes to the third worker, free after 0.5 h
+])
+def test_fold_finish_seconds(jobs, expected):
+    queue = [(0, 3600.0), (0, 7200.0), (0, 1800.0), (1, 3600.0)]
+    assert {f: t / 3600 for f, t in fold_finish_seconds(queue, jobs).items()} == expected
+
+
+def test_format_progress_names_when_each_fold_is_trained():
+    rows = [_row("Individual", "done", 0, 0.5), _row("Shared", "training (epoch 1)", 7200, 0.5),
+            _row("DSL", "training (epoch 1)", 3600, 1.0), _row("DSL", "not started", 3600, 1.0, fold=1)]
+    # 1 h and 1 h of fold 0 on two workers, then fold 1's 1 h: fold 0 after 1 h, fold 1 after 2 h
+    assert "fold 0 1.0 h, fold 1 2.0 h from now (models in study order, 2 at a time)" in format_progress(rows, 2)
 
 
 def test_format_progress_without_any_timing_says_unknown():
