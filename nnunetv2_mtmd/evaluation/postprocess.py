@@ -41,7 +41,7 @@ import logging
 import multiprocessing as mp
 import shutil
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -141,17 +141,26 @@ def expected_components(
     median over the cases of its domain that contain it of :func:`count_components`; 1 for a
     structure no case contains."""
     counts: dict[int, list[int]] = {lab: [] for d in spec.domains for lab in d.unified_ids}
-    for f in tqdm(list(label_files), desc="counting structure parts", disable=len(label_files) < 20):
+    for _, lab, mask in _own_structure_masks(label_files, spec, file_ending):
+        n = count_components(mask, connectivity, min_fraction)
+        if n:
+            counts[lab].append(n)
+    return {lab: max(1, int(statistics.median_low(v))) if v else 1 for lab, v in counts.items()}
+
+
+def _own_structure_masks(
+    label_files: Sequence[Path], spec: DomainSpec, file_ending: str
+) -> Iterator[tuple[str, int, np.ndarray]]:
+    """``(case, unified label id, boolean mask)`` of every structure of each case's own domain (the
+    case id names the domain), read from ``<case><file_ending>`` label maps of the merged dataset."""
+    for f in tqdm(list(label_files), desc="reading reference structures", disable=len(label_files) < 20):
         f = Path(f)
         if not f.name.endswith(file_ending):
             raise InputDataError(f"{f} does not end with the dataset's file ending {file_ending!r}.")
         case = f.name[: -len(file_ending)]
         arr = label_array(read_image(f), f)
         for lab in spec.domain_of_case(case).unified_ids:
-            n = count_components(arr == lab, connectivity, min_fraction)
-            if n:
-                counts[lab].append(n)
-    return {lab: max(1, int(statistics.median_low(v))) if v else 1 for lab, v in counts.items()}
+            yield case, lab, arr == lab
 
 
 def parts_beyond_kept(
@@ -174,22 +183,16 @@ def parts_beyond_kept(
     ``voxels`` (of the structure) and ``voxels_removed`` (outside its ``kept`` largest components)."""
     names = {lab: name for name, lab in structure_names(spec).items()}
     n_present, rows = 0, []
-    for f in label_files:
-        f = Path(f)
-        if not f.name.endswith(file_ending):
-            raise InputDataError(f"{f} does not end with the dataset's file ending {file_ending!r}.")
-        case = f.name[: -len(file_ending)]
-        arr = label_array(read_image(f), f)
-        for lab in spec.domain_of_case(case).unified_ids:
-            _, _, sizes = _components(arr == lab, connectivity)
-            if len(sizes) == 0:
-                continue
-            n_present += 1
-            k = int(keep.get(lab, 1))
-            if len(sizes) > k:
-                kept = int(np.sort(sizes)[::-1][:k].sum())
-                rows.append({"case": case, "label": int(lab), "name": names[lab], "components": int(len(sizes)),
-                             "kept": k, "voxels": int(sizes.sum()), "voxels_removed": int(sizes.sum()) - kept})
+    for case, lab, mask in _own_structure_masks(label_files, spec, file_ending):
+        _, _, sizes = _components(mask, connectivity)
+        if len(sizes) == 0:
+            continue
+        n_present += 1
+        k = int(keep.get(lab, 1))
+        if len(sizes) > k:
+            kept = int(np.sort(sizes)[::-1][:k].sum())
+            rows.append({"case": case, "label": int(lab), "name": names[lab], "components": int(len(sizes)),
+                         "kept": k, "voxels": int(sizes.sum()), "voxels_removed": int(sizes.sum()) - kept})
     return n_present, rows
 
 
