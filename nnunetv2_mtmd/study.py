@@ -1261,18 +1261,35 @@ class Study:
             (s for s in schemes if s != INDIVIDUAL), None)
         # every multi-domain scheme, so that the report can set the schemes side by side (the paper's
         # Table 5): how far apart the domains' embeddings are is what MSC changes, not the Dice
-        emb_dirs = {s: self.dir / "embeddings" / f"{s}_fold{folds[0]}" for s in schemes if s != INDIVIDUAL}
-        for s, emb_dir in emb_dirs.items():
-            self.run_cmd("embeddings", ["nnUNetv2_mtmd_embeddings", "-d", self.merged, "-c", CONFIGURATION,
-                                        "-tr", SCHEME_TRAINERS[s], "-p", PLANS_NAME, "-f", str(folds[0]),
-                                        "-o", str(emb_dir), "-device", "cpu", "--overwrite", "--no_progress"],
-                         "embeddings")
+        emb_dirs = self.embeddings(folds[0], [s for s in schemes if s != INDIVIDUAL])
         if not self.dry:
             save_json({"folds": folds, "schemes": schemes, "best_multi_domain": best,
                        "embeddings": str(emb_dirs[best]) if best else None,
                        "embeddings_by_scheme": {s: str(e) for s, e in emb_dirs.items()}, "at": _now()},
                       ev / "evaluated.json")
             self.state.mark_done(key)
+
+    def embeddings(self, fold: int, schemes: Sequence[str]) -> dict[str, Path]:
+        """``nnUNetv2_mtmd_embeddings`` of each scheme's model of ``fold`` into ``DIR/embeddings/<scheme>_foldX``.
+
+        Every evaluation analyses the first evaluated fold, so without this check each later fold's
+        evaluation would recompute the same embeddings (minutes per scheme on a CPU). They are reused
+        while the model's ``checkpoint_final.pth`` is the one they were computed from."""
+        out = {}
+        for s in schemes:
+            emb_dir = out[s] = self.dir / "embeddings" / f"{s}_fold{fold}"
+            ckpt = fold_folder(self.results, self.merged, SCHEME_TRAINERS[s], fold) / "checkpoint_final.pth"
+            key = f"embeddings:{s}:fold{fold}:{ckpt.stat().st_mtime_ns if ckpt.is_file() else 'none'}"
+            if self.state.is_done(key) and (emb_dir / "similarity.csv").is_file():
+                logger.info("[embeddings] %s, fold %d: computed before from the same checkpoint (reused)", s, fold)
+                continue
+            self.run_cmd("embeddings", ["nnUNetv2_mtmd_embeddings", "-d", self.merged, "-c", CONFIGURATION,
+                                        "-tr", SCHEME_TRAINERS[s], "-p", PLANS_NAME, "-f", str(fold),
+                                        "-o", str(emb_dir), "-device", "cpu", "--overwrite", "--no_progress"],
+                         "embeddings")
+            if not self.dry:
+                self.state.mark_done(key)
+        return out
 
     def fold_components(self, fold: int) -> Path:
         """The number of parts of every structure, counted in the training labels of ``fold`` only (the

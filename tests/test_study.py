@@ -812,6 +812,39 @@ def test_union_folders_keeps_each_folds_json_and_refuses_overlapping_folds(tmp_p
     assert (tmp_path / "all" / "c.nii.gz").read_text() == "c"  # the old output is left as it was
 
 
+def test_embeddings_are_reused_while_the_checkpoint_is_the_same(tmp_path, monkeypatch):
+    from nnunetv2_mtmd.study import SCHEME_TRAINERS, Study, StudyOptions, fold_folder
+
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=_sources(tmp_path, n_cases=1)))
+    calls = []
+
+    def fake_run_cmd(step, cmd, log_name, env=None):  # the command's output: what the reuse check looks for
+        calls.append(cmd[cmd.index("-tr") + 1])
+        out = Path(cmd[cmd.index("-o") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "similarity.csv").write_text("stage\n")
+        return 0.0
+
+    monkeypatch.setattr(study, "run_cmd", fake_run_cmd)
+    ckpts = {}
+    for s in ("DSL", "DSL_MSC"):
+        d = fold_folder(study.results, study.merged, SCHEME_TRAINERS[s], 0)
+        d.mkdir(parents=True)
+        ckpts[s] = d / "checkpoint_final.pth"
+        ckpts[s].write_bytes(b"weights")
+    dirs = study.embeddings(0, ["DSL", "DSL_MSC"])
+    assert calls == [SCHEME_TRAINERS["DSL"], SCHEME_TRAINERS["DSL_MSC"]]
+    assert dirs == {s: study.dir / "embeddings" / f"{s}_fold0" for s in ("DSL", "DSL_MSC")}
+    # a later fold's evaluation: same checkpoints -> nothing recomputed
+    assert study.embeddings(0, ["DSL", "DSL_MSC"]) == dirs and len(calls) == 2
+    # a retrained model (new checkpoint) and a deleted output folder are computed again
+    st = ckpts["DSL"].stat()
+    os.utime(ckpts["DSL"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    shutil.rmtree(dirs["DSL_MSC"])
+    study.embeddings(0, ["DSL", "DSL_MSC"])
+    assert calls[2:] == [SCHEME_TRAINERS["DSL"], SCHEME_TRAINERS["DSL_MSC"]]
+
+
 def test_fold_components_counts_parts_in_the_folds_training_labels_only(tmp_path):
     from nnunetv2_mtmd.study import Study, StudyOptions
     from tests.evaluation.test_evaluate import merged_dataset_json
