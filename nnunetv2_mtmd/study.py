@@ -464,8 +464,9 @@ def format_progress(rows: Sequence[Mapping[str, Any]], jobs: int = 1) -> str:
     Each row: ``fold, scheme, dataset, state, epochs_done, epochs, iterations_left, s_per_it`` (the
     model's median seconds per iteration, None if it has not logged an epoch). A model without its
     own timing is estimated with the median of the measured models of its scheme (other folds), else
-    of its kind (Individual or multi-domain), else of all measured models; the total is divided by
-    ``jobs``."""
+    with the slowest measured scheme it contains (DSL_MSC_MJAP costs at least what DSL_MSC and
+    DSL_MJAP cost: it adds to each), else of its kind (Individual or multi-domain), else of all
+    measured models; the total is divided by ``jobs``."""
     measured: dict[bool, list[float]] = {True: [], False: []}
     by_scheme: dict[str, list[float]] = {}
     for r in rows:
@@ -478,8 +479,8 @@ def format_progress(rows: Sequence[Mapping[str, Any]], jobs: int = 1) -> str:
     left_s, unknown, queue = 0.0, 0, []
     for r in rows:
         spi = r["s_per_it"]
-        kind = by_scheme.get(r["scheme"]) or measured[r["scheme"] == INDIVIDUAL] or everything
-        est = spi if spi is not None else (float(np.median(kind)) if kind else None)
+        est = spi if spi is not None else _estimate_seconds_per_iteration(
+            r["scheme"], by_scheme, measured[r["scheme"] == INDIVIDUAL] or everything)
         if r["iterations_left"]:
             if est is None:
                 unknown += 1
@@ -503,6 +504,18 @@ def format_progress(rows: Sequence[Mapping[str, Any]], jobs: int = 1) -> str:
                 f"fold {f} {t / 3600:.1f} h" for f, t in ends.items()) + " from now (models in study order, "
                 f"{max(1, jobs)} at a time).")
     return "\n".join(lines)
+
+
+def _estimate_seconds_per_iteration(scheme: str, by_scheme: Mapping[str, Sequence[float]],
+                                    fallback: Sequence[float]) -> float | None:
+    if by_scheme.get(scheme):
+        return float(np.median(by_scheme[scheme]))
+    parts = set(scheme.split("_"))
+    contained = [float(np.median(v)) for s, v in by_scheme.items()
+                 if v and INDIVIDUAL not in (s, scheme) and set(s.split("_")) <= parts]
+    if contained:
+        return max(contained)
+    return float(np.median(fallback)) if fallback else None
 
 
 def fold_finish_seconds(queue: Sequence[tuple[int, float]], jobs: int) -> dict[int, float]:

@@ -571,11 +571,26 @@ def test_format_progress_estimates_untimed_models_by_kind():
 
 def test_format_progress_estimates_from_the_same_scheme_first():
     rows = [_row("DSL", "done", 0, 0.5), _row("DSL_MJAP", "training (epoch 2)", 8000, 0.7),
-            _row("DSL_MJAP", "not started", 9000, None, fold=1), _row("DSL_MSC", "not started", 9000, None, fold=1)]
+            _row("DSL_MJAP", "not started", 9000, None, fold=1), _row("Shared", "not started", 9000, None, fold=1)]
     text = format_progress(rows)
     # 8000 * 0.7 + 9000 * 0.7 (DSL_MJAP of fold 0) + 9000 * median(0.5, 0.7) = 5600 + 6300 + 5400 = 17300 s
-    assert "~0.700 (estimate)" in text and "~0.600 (estimate)" in text
+    assert "| 1 | DSL_MJAP | D | not started | 0/30 | 9000 | ~0.700 (estimate) |" in text
+    assert "| 1 | Shared | D | not started | 0/30 | 9000 | ~0.600 (estimate) |" in text  # no scheme it contains
     assert "about 4.8 h with --jobs 1" in text  # 17300 / 3600 = 4.81
+
+
+@pytest.mark.parametrize("scheme, expected", [
+    ("DSL_MSC_MJAP", 0.7),  # contains DSL (0.5), DSL_MSC (0.55) and DSL_MJAP (0.7): the slowest
+    ("DSL_MSC", 0.55),      # its own scheme, measured in another fold
+    ("DSL_SSC", 0.5),       # contains DSL only
+    ("Shared_MJAP", 0.4),   # contains Shared only
+    ("Individual", 0.2),    # an Individual model is never estimated from multi-domain schemes
+])
+def test_format_progress_estimates_a_scheme_from_the_schemes_it_contains(scheme, expected):
+    rows = [_row("Individual", "done", 0, 0.2), _row("Shared", "done", 0, 0.4), _row("DSL", "done", 0, 0.5),
+            _row("DSL_MSC", "done", 0, 0.55), _row("DSL_MJAP", "done", 0, 0.7),
+            _row(scheme, "not started", 9000, None, fold=1)]
+    assert f"| 1 | {scheme} | D | not started | 0/30 | 9000 | ~{expected:.3f} (estimate) |" in format_progress(rows)
 
 
 @pytest.mark.parametrize("jobs, expected", [
