@@ -1164,6 +1164,7 @@ class Study:
                     self.report()
 
         if self.opts.jobs <= 1 or self.dry:
+            evaluate_complete_folds()  # a fold completed before this run (stopped during its evaluation)
             for item in pending:
                 self._train_one(*item)
                 evaluate_complete_folds()
@@ -1174,6 +1175,9 @@ class Study:
         with ThreadPoolExecutor(max_workers=self.opts.jobs) as pool:
             futures = [pool.submit(self._train_one, *item) for item in pending]
             try:
+                # a fold completed before this run (stopped during its evaluation): now, while the
+                # workers train, not when the next training ends
+                evaluate_complete_folds()
                 for fut in as_completed(futures):
                     fut.result()
                     evaluate_complete_folds()

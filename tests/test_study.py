@@ -388,13 +388,13 @@ def test_training_env_limits_threads_only_with_jobs(tmp_path, monkeypatch):
 class _FakeTrainings:
     """A Study whose trainings are sleeps: records how many overlap and when folds are evaluated."""
 
-    def __init__(self, study, runs, fail=None, slow_waits_for_evaluation=False):
+    def __init__(self, study, runs, fail=None, slow_waits_for_evaluation=False, done_before=()):
         self.study, self.lock, self.running, self.max_running = study, threading.Lock(), 0, 0
-        self.done, self.events, self.fail = set(), [], fail
+        self.done, self.events, self.fail = set(done_before), [], fail
         # "slow" ends only after the other fold was evaluated: no race with the scheduler (CI runs
         # this under load, where fixed sleeps let both folds complete before the first evaluation)
         self.slow_waits, self.evaluated = slow_waits_for_evaluation, threading.Event()
-        study.pending_trainings = lambda: list(runs)
+        study.pending_trainings = lambda: [r for r in runs if tuple(r[:2]) not in self.done]
         study._train_one = self.train_one
         study.fold_complete = lambda fold: all((f, s) in self.done for f, s, *_ in runs if f == fold)
         study.evaluate = self.evaluate
@@ -408,10 +408,10 @@ class _FakeTrainings:
         with self.lock:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
-        if scheme == "slow" and self.slow_waits:
+        if scheme.startswith("slow") and self.slow_waits:
             assert self.evaluated.wait(30), "the other fold was never evaluated while this one trained"
         else:
-            time.sleep(0.3 if scheme == "slow" else 0.1)
+            time.sleep(0.3 if scheme.startswith("slow") else 0.1)
         with self.lock:
             self.running -= 1
             self.done.add((fold, scheme))
@@ -439,6 +439,22 @@ def test_train_runs_jobs_at_once_and_evaluates_each_fold_when_complete(tmp_path,
         assert set(evals[0]) == {(0, "a"), (0, "slow")}
     else:  # fold 1 was evaluated while fold 0's slow model still trained
         assert {(1, "a"), (1, "b")} <= set(evals[0]) and (0, "slow") not in evals[0]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_train_first_evaluates_a_fold_completed_before_it_started(tmp_path, jobs):
+    """A study stopped during a fold's evaluation: the rerun evaluates that fold at once, not only when
+    its next training ends (with jobs, while the trainings run)."""
+    from nnunetv2_mtmd.study import Study, StudyOptions
+
+    # with jobs, both fold-1 models wait until fold 0 is evaluated: they cannot end first
+    runs = [(0, "a", "D", "T", "new"), (1, "slow", "D", "T", "new"), (1, "slow_b", "D", "T", "new")]
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=_sources(tmp_path, n_cases=1), folds=[0, 1], jobs=jobs))
+    fake = _FakeTrainings(study, runs, slow_waits_for_evaluation=jobs > 1, done_before={(0, "a")})
+    study.train(evaluate_as_we_go=True)
+    evals = [e[1] for e in fake.events if e[0] == "evaluate"]
+    assert evals == [[(0, "a")], [(0, "a"), (1, "slow"), (1, "slow_b")]]  # fold 0 first, before any training ended
+    assert fake.max_running == jobs
 
 
 def test_parallel_train_failure_stops_new_trainings_and_raises(tmp_path):
