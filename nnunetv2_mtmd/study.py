@@ -1356,7 +1356,7 @@ class Study:
         text = build_report(self, load_json(ev_file))
         if self.report_path.is_file():
             text = keep_discussion(text, self.report_path.read_text(encoding="utf-8"))
-        stray = unsourced_numbers(text)
+        text, stray = mark_stale_discussion(text)
         if stray:
             logger.warning("[report] the discussion of %s quotes numbers that appear nowhere else in the report "
                            "(stale after new folds, or typed by hand?): %s", self.report_path, ", ".join(stray))
@@ -1692,6 +1692,48 @@ def unsourced_numbers(report_text: str) -> list[str]:
     discussion = report_text[span[0]:span[1]]
     rest = set(_NUMBER.findall(report_text[:span[0]] + report_text[span[1]:]))
     return [n for n in dict.fromkeys(_NUMBER.findall(discussion)) if n not in rest]
+
+
+STALE_PREFIX = "> **Out of date?**"
+
+
+def mark_stale_discussion(report_text: str, limit: int = 12) -> tuple[str, list[str]]:
+    """The report with a warning line put first in its written ``## Discussion`` when that quotes
+    numbers found nowhere else in the report (:func:`unsourced_numbers`), and those numbers.
+
+    A kept discussion is not rewritten when new folds change the tables (:func:`keep_discussion`); the
+    warning tells the reader so, in the file and not only in the study's log. A warning line of an
+    earlier regeneration is removed first, so warnings do not pile up and one disappears once the
+    text is rewritten."""
+    span = _discussion_span(report_text)
+    if span is None:
+        return report_text, []
+    head, section, tail = report_text[:span[0]], report_text[span[0]:span[1]], report_text[span[1]:]
+    lines: list[str] = []
+    dropped = False
+    for ln in section.splitlines(keepends=True):
+        if ln.startswith(STALE_PREFIX) or (dropped and not ln.strip()):
+            dropped = ln.startswith(STALE_PREFIX)
+            continue
+        dropped = False
+        lines.append(ln)
+    text = head + "".join(lines) + tail
+    if DISCUSSION_PLACEHOLDER in section:
+        return text, []
+    stray = unsourced_numbers(text)
+    if not stray:
+        return text, []
+    shown = ", ".join(stray[:limit]) + (f" and {len(stray) - limit} more" if len(stray) > limit else "")
+    warning = (f"{STALE_PREFIX} This discussion quotes {len(stray)} number(s) that appear nowhere else in the "
+               f"report ({shown}): it was probably written for earlier tables. Reread it against the tables "
+               "above.\n\n")
+    first = lines[0] if lines else DISCUSSION_HEADING + "\n"
+    rest = lines[1:]
+    if rest and not rest[0].strip():
+        first, rest = first + rest[0], rest[1:]
+    elif not first.endswith("\n\n"):
+        first = first.rstrip("\n") + "\n\n"
+    return head + first + warning + "".join(rest) + tail, stray
 
 
 def union_folders(folders: Mapping[int, Path], out: Path) -> int:

@@ -49,6 +49,7 @@ from nnunetv2_mtmd.study import (
     individual_splits,
     keep_discussion,
     ks_table,
+    mark_stale_discussion,
     metric_table,
     other_domain_text,
     paired_references,
@@ -928,8 +929,6 @@ def test_reference_cut_text(tmp_path, cut, limit, expected):
     assert reference_cut_text(tmp_path / "missing.json") == ""
 
 
-# ------------------------------------------------------------------------------------- smoke
-@pytest.mark.slow
 @pytest.mark.parametrize("text, expected", [
     # quoted as printed in the tables: fine; rounded differently or typed: reported
     ("| a | 0.861 ± 0.034 |\n## Discussion\nDSL reaches 0.861 (+0.019, p=0.250).\n", ["0.019", "0.250"]),
@@ -942,6 +941,39 @@ def test_unsourced_numbers(text, expected):
     assert unsourced_numbers(text) == expected
 
 
+STALE = ("> **Out of date?** This discussion quotes 1 number(s) that appear nowhere else in the report (0.86): "
+         "it was probably written for earlier tables. Reread it against the tables above.\n\n")
+
+
+@pytest.mark.parametrize("text, expected, stray", [
+    # every number quoted from the tables: unchanged
+    ("| 0.861 |\n## Discussion\n\nDSL 0.861.\n", "| 0.861 |\n## Discussion\n\nDSL 0.861.\n", []),
+    # a stale number: the warning goes first in the section, the text stays
+    ("| 0.861 |\n## Discussion\n\nDSL 0.86.\n## Commands\nx\n",
+     "| 0.861 |\n## Discussion\n\n" + STALE + "DSL 0.86.\n## Commands\nx\n", ["0.86"]),
+    ("| 0.861 |\n## Discussion\nDSL 0.86.\n", "| 0.861 |\n## Discussion\n\n" + STALE + "DSL 0.86.\n", ["0.86"]),
+    # the warning of an earlier regeneration is replaced, not repeated ...
+    ("| 0.861 |\n## Discussion\n\n" + STALE + "DSL 0.86.\n",
+     "| 0.861 |\n## Discussion\n\n" + STALE + "DSL 0.86.\n", ["0.86"]),
+    # ... and removed once the text quotes the tables again
+    ("| 0.861 |\n## Discussion\n\n" + STALE + "DSL 0.861.\n", "| 0.861 |\n## Discussion\n\nDSL 0.861.\n", []),
+    # the placeholder and a report without the section are left alone
+    ("| 0.861 |\n" + PLACEHOLDER, "| 0.861 |\n" + PLACEHOLDER, []),
+    ("no section 0.5\n", "no section 0.5\n", []),
+])
+def test_mark_stale_discussion(text, expected, stray):
+    assert mark_stale_discussion(text) == (expected, stray)
+
+
+def test_mark_stale_discussion_shortens_a_long_list():
+    text = "| 1 |\n## Discussion\n\n" + " ".join(f"{i}.5" for i in range(15)) + "\n"
+    marked, stray = mark_stale_discussion(text, limit=3)
+    assert len(stray) == 15
+    assert "quotes 15 number(s) that appear nowhere else in the report (0.5, 1.5, 2.5 and 12 more)" in marked
+
+
+# ------------------------------------------------------------------------------------- smoke
+@pytest.mark.slow
 def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     """prepare -> train (Individual x3, DSL; 1 fold, 2 iterations) -> evaluate -> report; then a
     second run finds everything done. results.md must hold the numbers of the evaluation files."""
