@@ -1,4 +1,4 @@
-"""The real-data ablation study runner (nnunetv2_mtmd/study.py, cli/study.py, training/trainers/study.py).
+"""The real-data ablation study runner (nnunetv2_mtmd/study/, cli/study.py, training/trainers/study.py).
 
 Unit tests of the pure helpers with hand-computed values (budget arithmetic, Individual splits derived
 from the merged split, label remap, training/resume state, coarse plans, report tables), plus one slow
@@ -1073,7 +1073,11 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     # resume with the recorded options: nothing is trained or evaluated again
     proc = _cli(["--workdir", str(work)], env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert report.read_text().endswith("## Discussion\n\nDSL was no better here (2 iterations, 0.123456 Dice).\n")
+    # ... with a visible warning, since 0.123456 (typed by hand) appears in no table
+    assert report.read_text().endswith(
+        "## Discussion\n\n> **Out of date?** This discussion quotes 1 number(s) that appear nowhere else in the "
+        "report (0.123456): it was probably written for earlier tables. Reread it against the tables above.\n\n"
+        "DSL was no better here (2 iterations, 0.123456 Dice).\n")
     assert "quotes numbers that appear nowhere else in the report" in proc.stderr and "0.123456" in proc.stderr
     assert proc.stderr.count("done (skipped)") == 4
     assert "already evaluated (skipped)" in proc.stderr

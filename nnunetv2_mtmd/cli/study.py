@@ -1,4 +1,4 @@
-"""``nnUNetv2_mtmd_study``: the real-data ablation study, end to end and resumable (nnunetv2_mtmd/study.py)."""
+"""``nnUNetv2_mtmd_study``: the real-data ablation study, end to end and resumable (nnunetv2_mtmd/study/)."""
 
 from __future__ import annotations
 

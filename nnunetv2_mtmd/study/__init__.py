@@ -1,0 +1,145 @@
+"""The real-data ablation study: every training scheme of Boutillon et al. (2021/2022) against stock
+nnU-Net, on the same folds, with the same budget and the same evaluation (``nnUNetv2_mtmd_study``).
+
+One resumable pipeline with its own nnU-Net folders under a work directory (never in the repository):
+
+1. **prepare**: copy the K source datasets (default ``../shared/realdata``: Dataset901 lumbar,
+   Dataset902 sacroiliac, Dataset903 pelvis) into ``DIR/nnUNet_raw`` for the Individual baselines and
+   merge them into one multi-domain dataset (``nnUNetv2_mtmd_merge``, id 950); extract fingerprints
+   and plan with nnU-Net's own planners (stock ``ExperimentPlanner`` for the sources,
+   ``nnUNetPlannerMTMD`` for the merged set); then write one plans variant ``nnUNetPlans_study``
+   per dataset whose ``2d`` configuration uses the SAME coarse in-plane spacing, patch size, batch
+   size and maximum width for every dataset (:func:`coarse_2d_plans`, network topology from
+   nnU-Net's ``get_pool_and_conv_props``), and preprocess it (``nnUNetv2_preprocess -plans_name``).
+   Splits: a domain-stratified 5-fold split of the merged set (:func:`domain_stratified_kfold`),
+   and for every source dataset the SAME held-out cases (:func:`individual_splits`).
+2. **train**: for every fold and scheme ``nnUNetv2_train ... -device cpu`` in a subprocess with the
+   budget trainers of :mod:`nnunetv2_mtmd.training.trainers.study`; resumable (``--c`` from a
+   checkpoint, ``--val`` when only the final validation is missing, skipped when done). The budget
+   is equal exposure (DESIGN.md): an Individual model trains ``I`` iterations, a multi-domain model
+   ``K * I`` iterations with the same batch size, so every domain's images are seen equally often and
+   the multi-domain model costs as much as the K Individual models together (:class:`StudyBudget`).
+3. **evaluate**: nnU-Net's final validation of each fold (``fold_X/validation``) holds the held-out
+   predictions; they are gathered per scheme over the finished folds into the unified label space
+   (Individual predictions remapped with the domain block's label mapping and prefixed with the
+   domain, :func:`unify_individual_prediction`), post-processed (``nnUNetv2_mtmd_postprocess``),
+   evaluated with and without post-processing (``nnUNetv2_mtmd_evaluate``), compared
+   (``nnUNetv2_mtmd_compare``, KS against Individual), and the embeddings of every multi-domain
+   scheme's model of the first fold are analysed (``nnUNetv2_mtmd_embeddings``).
+4. **report**: ``results.md`` built only from the CSV/JSON files written by those commands, with
+   the hardware, budget, commands and a discussion section left to a human.
+
+Every step logs to ``DIR/study_log.txt`` (subprocess output in ``DIR/logs/``) and records itself in
+``DIR/state.json``; running again continues where it stopped. ``--stage measure`` times a few
+iterations of every trainer to choose the budget. See docs/study.md.
+
+Modules, in pipeline order: :mod:`~nnunetv2_mtmd.study.constants`, :mod:`~nnunetv2_mtmd.study.budget`
+(budget and plans), :mod:`~nnunetv2_mtmd.study.data` (sources, splits, label remapping),
+:mod:`~nnunetv2_mtmd.study.state` (``state.json``, hardware, commit), :mod:`~nnunetv2_mtmd.study.progress`
+(training status and timings from nnU-Net's files), :mod:`~nnunetv2_mtmd.study.pipeline` (:class:`Study`)
+and :mod:`~nnunetv2_mtmd.study.report` (``results.md``). Every name is importable from here.
+"""
+
+from nnunetv2_mtmd.study.budget import (  # noqa: F401
+    StudyBudget,
+    _fit_length,
+    budget_rows,
+    coarse_2d_plans,
+    describe_2d,
+    estimate_hours,
+)
+from nnunetv2_mtmd.study.constants import (  # noqa: F401
+    BUDGET_ENV,
+    CONFIGURATION,
+    DEFAULT_FOLDS,
+    DEFAULT_SCHEMES,
+    EVAL_VARIANTS,
+    INDIVIDUAL,
+    LEARNED_DICE,
+    LOG_FILE,
+    MEASURE_ENV,
+    MERGED_ID,
+    MERGED_NAME,
+    N_SPLITS,
+    PLANS_NAME,
+    REAL_DOMAIN_NAMES,
+    REALDATA_DIR,
+    REPORT_METRICS,
+    SCHEME_LABELS,
+    SCHEME_TRAINERS,
+    SPLIT_SEED,
+    STAGES,
+    STATE_FILE,
+    STATE_VERSION,
+    THREADS_ENV,
+    WORKDIR_ENV,
+    StudyError,
+)
+from nnunetv2_mtmd.study.data import (  # noqa: F401
+    Source,
+    Split,
+    find_sources,
+    individual_splits,
+    remap_labels,
+    strip_domain_prefix,
+    unify_individual_prediction,
+)
+from nnunetv2_mtmd.study.pipeline import (  # noqa: F401
+    Study,
+    StudyOptions,
+    _bin,
+    job_threads,
+    union_folders,
+)
+from nnunetv2_mtmd.study.progress import (  # noqa: F401
+    _AE_FROZEN,
+    _EPOCH_START,
+    _EPOCH_TIME,
+    _MEASURE_LINE,
+    _estimate_seconds_per_iteration,
+    autoencoder_dice,
+    epoch_times,
+    epochs_completed,
+    fold_finish_seconds,
+    fold_folder,
+    format_progress,
+    measured_step_times,
+    train_command,
+    training_hours,
+    training_status,
+)
+from nnunetv2_mtmd.study.report import (  # noqa: F401
+    _NUMBER,
+    DISCUSSION_HEADING,
+    DISCUSSION_PLACEHOLDER,
+    STALE_PREFIX,
+    _discussion_span,
+    _pm,
+    _read_similarity,
+    _stat_cell,
+    build_report,
+    case_level_text,
+    components_text,
+    domain_mean_dice,
+    embedding_table,
+    fold_table,
+    keep_discussion,
+    ks_table,
+    mark_stale_discussion,
+    metric_table,
+    other_domain_text,
+    paired_references,
+    paired_table,
+    reference_cut_text,
+    study_command,
+    unsourced_numbers,
+)
+from nnunetv2_mtmd.study.state import (  # noqa: F401
+    COMMIT_FILE,
+    StudyState,
+    _now,
+    code_commit,
+    config_differences,
+    default_workdir,
+    hardware_info,
+)
