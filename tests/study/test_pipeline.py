@@ -1,0 +1,243 @@
+"""nnunetv2_mtmd/study/pipeline.py: recorded options, parallel training and its order, evaluation steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunetv2_mtmd.errors import InputDataError
+from nnunetv2_mtmd.io import save_json
+from nnunetv2_mtmd.study import (
+    SCHEME_TRAINERS,
+    StudyError,
+    components_text,
+    union_folders,
+)
+from tests.study.helpers import make_sources, small_spec
+
+
+def test_study_takes_recorded_options_and_refuses_a_different_budget(tmp_path):
+    from nnunetv2_mtmd.study import Study, StudyOptions, study_command
+
+    src = make_sources(tmp_path, n_cases=1)
+    work = tmp_path / "work"
+    first = Study(StudyOptions(work, sources_dir=src, schemes=["Individual", "DSL"], folds=[1],
+                               budget={"iterations": 4, "epochs": 2}, report=tmp_path / "docs" / "results.md"))
+    first.run("report")  # records the configuration; nothing evaluated yet, so no report
+    assert not first.report_path.exists()
+    again = Study(StudyOptions(work))  # a plain re-run: sources, schemes, folds, budget, report as recorded
+    assert again.sources_dir == src.resolve() and again.schemes == ["Individual", "DSL"] and again.folds == [1]
+    assert (again.budget.iterations, again.budget.epochs, again.budget.batch_size) == (4, 2, 12)
+    assert study_command(again)[3:] == [
+        "--workdir", str(work.resolve()), "--sources", str(src.resolve()), "--domains", "Ankle", "Knee", "Shoulder",
+        "--folds", "1", "--schemes", "Individual", "DSL", "--iterations", "4", "--epochs", "2",
+        "--val-iterations", "2", "--ae-iterations", "300", "--batch-size", "12", "--spacing", "4",
+        "--patch-size", "64", "--max-features", "256", "--base-features", "16", "--fixed-orientation",
+        "--report", str((tmp_path / "docs" / "results.md").resolve())]
+    other = Study(StudyOptions(work, budget={"iterations": 6, "epochs": 2}))
+    with pytest.raises(InputDataError, match="budget.iterations: recorded 4, now 6"):
+        other.run("report")
+    stock_da = Study(StudyOptions(tmp_path / "work2", sources_dir=src, budget={"fixed_orientation": False}))
+    assert study_command(stock_da)[-3:] == ["--no-fixed-orientation", "--report", str(stock_da.report_path)]
+    assert "study stage 'report'" in (work / "study_log.txt").read_text()
+
+
+@pytest.mark.parametrize("jobs, cores, threads", [(1, 2, 2), (2, 2, 1), (3, 2, 1), (2, 16, 8), (3, 16, 5)])
+def test_job_threads(jobs, cores, threads):
+    from nnunetv2_mtmd.study import job_threads
+
+    assert job_threads(jobs, cores) == threads
+
+
+def test_training_env_limits_threads_only_with_jobs(tmp_path, monkeypatch):
+    from nnunetv2_mtmd.study import THREADS_ENV, Study, StudyOptions, job_threads
+
+    src = make_sources(tmp_path, n_cases=1)
+    monkeypatch.setenv(THREADS_ENV, "7")  # inherited from the caller: never passed on unchanged
+    one = Study(StudyOptions(tmp_path / "w1", sources_dir=src))
+    assert THREADS_ENV not in one.env(train=True) and THREADS_ENV not in one.env()
+    assert one.env(train=True)["nnUNet_n_proc_DA"] == "0"
+    two = Study(StudyOptions(tmp_path / "w2", sources_dir=src, jobs=2))
+    env = two.env(train=True)
+    n = str(job_threads(2))
+    assert (env[THREADS_ENV], env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == (n, n, n)
+    assert THREADS_ENV not in two.env()  # planning, preprocessing, evaluation keep their threads
+
+
+class _FakeTrainings:
+    """A Study whose trainings are sleeps: records how many overlap and when folds are evaluated."""
+
+    def __init__(self, study, runs, fail=None, slow_waits_for_evaluation=False, done_before=()):
+        self.study, self.lock, self.running, self.max_running = study, threading.Lock(), 0, 0
+        self.done, self.events, self.fail = set(done_before), [], fail
+        # "slow" ends only after the other fold was evaluated: no race with the scheduler (CI runs
+        # this under load, where fixed sleeps let both folds complete before the first evaluation)
+        self.slow_waits, self.evaluated = slow_waits_for_evaluation, threading.Event()
+        study.pending_trainings = lambda: [r for r in runs if tuple(r[:2]) not in self.done]
+        study._train_one = self.train_one
+        study.fold_complete = lambda fold: all((f, s) in self.done for f, s, *_ in runs if f == fold)
+        study.evaluate = self.evaluate
+        study.report = lambda: self.events.append(("report",))
+
+    def evaluate(self):
+        self.events.append(("evaluate", sorted(self.done)))
+        self.evaluated.set()
+
+    def train_one(self, fold, scheme, dataset, trainer, status):
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        if scheme.startswith("slow") and self.slow_waits:
+            assert self.evaluated.wait(30), "the other fold was never evaluated while this one trained"
+        else:
+            time.sleep(0.3 if scheme.startswith("slow") else 0.1)
+        with self.lock:
+            self.running -= 1
+            self.done.add((fold, scheme))
+        if (fold, scheme) == self.fail:
+            raise StudyError(f"fold {fold} {scheme} failed")
+
+
+@pytest.mark.parametrize("jobs, expected_max", [(1, 1), (2, 2), (3, 3)])
+def test_train_runs_jobs_at_once_and_evaluates_each_fold_when_complete(tmp_path, jobs, expected_max):
+    from nnunetv2_mtmd.study import Study, StudyOptions
+
+    runs = [(0, "a", "D", "T", "new"), (0, "slow", "D", "T", "new"), (1, "a", "D", "T", "new"),
+            (1, "b", "D", "T", "new")]
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=make_sources(tmp_path, n_cases=1), folds=[0, 1], jobs=jobs))
+    fake = _FakeTrainings(study, runs, slow_waits_for_evaluation=jobs > 1)
+    study.train(evaluate_as_we_go=True)
+    assert fake.max_running == expected_max
+    assert fake.done == {(0, "a"), (0, "slow"), (1, "a"), (1, "b")}
+    evals = [e[1] for e in fake.events if e[0] == "evaluate"]
+    assert len(evals) == 2 and [e[0] for e in fake.events].count("report") == 2  # once per fold
+    # each evaluation came when one more fold had all its models (with jobs, fold 1 finishes first)
+    folds_complete = [sum(all(tuple(r[:2]) in snap for r in runs if r[0] == f) for f in (0, 1)) for snap in evals]
+    assert folds_complete == [1, 2]
+    if jobs == 1:
+        assert set(evals[0]) == {(0, "a"), (0, "slow")}
+    else:  # fold 1 was evaluated while fold 0's slow model still trained
+        assert {(1, "a"), (1, "b")} <= set(evals[0]) and (0, "slow") not in evals[0]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_train_first_evaluates_a_fold_completed_before_it_started(tmp_path, jobs):
+    """A study stopped during a fold's evaluation: the rerun evaluates that fold at once, not only when
+    its next training ends (with jobs, while the trainings run)."""
+    from nnunetv2_mtmd.study import Study, StudyOptions
+
+    # with jobs, both fold-1 models wait until fold 0 is evaluated: they cannot end first
+    runs = [(0, "a", "D", "T", "new"), (1, "slow", "D", "T", "new"), (1, "slow_b", "D", "T", "new")]
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=make_sources(tmp_path, n_cases=1), folds=[0, 1], jobs=jobs))
+    fake = _FakeTrainings(study, runs, slow_waits_for_evaluation=jobs > 1, done_before={(0, "a")})
+    study.train(evaluate_as_we_go=True)
+    evals = [e[1] for e in fake.events if e[0] == "evaluate"]
+    assert evals == [[(0, "a")], [(0, "a"), (1, "slow"), (1, "slow_b")]]  # fold 0 first, before any training ended
+    assert fake.max_running == jobs
+
+
+def test_parallel_train_failure_stops_new_trainings_and_raises(tmp_path):
+    from nnunetv2_mtmd.study import Study, StudyOptions
+
+    runs = [(0, "a", "D", "T", "new"), (0, "slow", "D", "T", "new")] + [(1, f"s{i}", "D", "T", "new")
+                                                                      for i in range(6)]
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=make_sources(tmp_path, n_cases=1), folds=[0, 1], jobs=2))
+    fake = _FakeTrainings(study, runs, fail=(0, "a"))
+    with pytest.raises(StudyError, match="fold 0 a failed"):
+        study.train(evaluate_as_we_go=True)
+    assert (0, "slow") in fake.done  # the running one finished
+    assert len(fake.done) < len(runs)  # the queued ones were not started
+    assert not [e for e in fake.events if e[0] == "evaluate"]
+
+
+def test_union_folders_keeps_each_folds_json_and_refuses_overlapping_folds(tmp_path):
+    folders = {}
+    for fold, cases in [(0, ["a", "b"]), (2, ["c"])]:
+        folders[fold] = tmp_path / f"fold_{fold}"
+        folders[fold].mkdir()
+        for c in cases:
+            (folders[fold] / f"{c}.nii.gz").write_text(c)
+        (folders[fold] / "postprocessing_mtmd.json").write_text(str(fold))
+    assert union_folders(folders, tmp_path / "all") == 3
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == [
+        "a.nii.gz", "b.nii.gz", "c.nii.gz", "postprocessing_mtmd_fold0.json", "postprocessing_mtmd_fold2.json"]
+    assert (tmp_path / "all" / "postprocessing_mtmd_fold2.json").read_text() == "2"
+    (folders[2] / "b.nii.gz").write_text("b again")
+    with pytest.raises(StudyError, match="b.nii.gz is predicted by two folds"):
+        union_folders(folders, tmp_path / "all")
+    assert (tmp_path / "all" / "c.nii.gz").read_text() == "c"  # the old output is left as it was
+
+
+def test_embeddings_are_reused_while_the_checkpoint_is_the_same(tmp_path, monkeypatch):
+    from nnunetv2_mtmd.study import Study, StudyOptions, fold_folder
+
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=make_sources(tmp_path, n_cases=1)))
+    calls = []
+
+    def fake_run_cmd(step, cmd, log_name, env=None):  # the command's output: what the reuse check looks for
+        calls.append(cmd[cmd.index("-tr") + 1])
+        out = Path(cmd[cmd.index("-o") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "similarity.csv").write_text("stage\n")
+        return 0.0
+
+    monkeypatch.setattr(study, "run_cmd", fake_run_cmd)
+    ckpts = {}
+    for s in ("DSL", "DSL_MSC"):
+        d = fold_folder(study.results, study.merged, SCHEME_TRAINERS[s], 0)
+        d.mkdir(parents=True)
+        ckpts[s] = d / "checkpoint_final.pth"
+        ckpts[s].write_bytes(b"weights")
+    dirs = study.embeddings(0, ["DSL", "DSL_MSC"])
+    assert calls == [SCHEME_TRAINERS["DSL"], SCHEME_TRAINERS["DSL_MSC"]]
+    assert dirs == {s: study.dir / "embeddings" / f"{s}_fold0" for s in ("DSL", "DSL_MSC")}
+    # a later fold's evaluation: same checkpoints -> nothing recomputed
+    assert study.embeddings(0, ["DSL", "DSL_MSC"]) == dirs and len(calls) == 2
+    # a retrained model (new checkpoint) and a deleted output folder are computed again
+    st = ckpts["DSL"].stat()
+    os.utime(ckpts["DSL"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    shutil.rmtree(dirs["DSL_MSC"])
+    study.embeddings(0, ["DSL", "DSL_MSC"])
+    assert calls[2:] == [SCHEME_TRAINERS["DSL"], SCHEME_TRAINERS["DSL_MSC"]]
+
+
+def test_fold_components_counts_parts_in_the_folds_training_labels_only(tmp_path):
+    from nnunetv2_mtmd.study import Study, StudyOptions
+    from tests.evaluation.test_evaluate import merged_dataset_json
+
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=make_sources(tmp_path, n_cases=1)))
+    ds = study.raw / study.merged
+    (ds / "labelsTr").mkdir(parents=True)
+    (ds / "dataset.json").write_text(json.dumps(merged_dataset_json(small_spec(), 4)))
+    for case, runs in [("hip_a", 2), ("hip_b", 2), ("hip_c", 1), ("knee_a", 1)]:
+        arr = np.zeros((2, 4, 12), np.uint8)
+        for r in range(runs):
+            arr[0, 1, 5 * r : 5 * r + 3] = 3 if case.startswith("hip") else 1
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(ds / "labelsTr" / f"{case}.nii.gz"))
+    (study.pre / study.merged).mkdir(parents=True)
+    splits = [{"train": ["hip_a", "hip_b", "knee_a"], "val": ["hip_c"]},
+              {"train": ["hip_c", "knee_a"], "val": ["hip_a", "hip_b"]}]
+    save_json(splits, study.pre / study.merged / "splits_final.json")
+    # fold 0 trains on the two-part hips; fold 1's only training hip has one part (its held-out hips do not count)
+    assert json.loads(study.fold_components(0).read_text()) == {"knee_femur": 1, "knee_tibia": 1, "hip_femur": 2}
+    assert json.loads(study.fold_components(1).read_text()) == {"knee_femur": 1, "knee_tibia": 1, "hip_femur": 1}
+    text = components_text(study.dir / "evaluation", [0, 1])
+    assert "(fold 0: hip_femur 2; fold 1: none)" in text
+    ev = study.dir / "evaluation"
+    (ev / "components_fold3.json").write_text((ev / "components_fold0.json").read_text())
+    assert "(folds 0, 3: hip_femur 2)" in components_text(ev, [0, 3])
+    assert "largest component of every structure" in components_text(study.dir / "evaluation", [2])
+    # held out in fold 1, hip_a and hip_b have two femur parts of 3 voxels each, but fold 1 keeps one
+    comp = {f: ev / f"components_fold{f}.json" for f in (0, 1)}
+    cut = json.loads(study.reference_parts([0, 1], comp).read_text())
+    row = {"fold": 1, "label": 3, "name": "hip_femur", "components": 2, "kept": 1, "voxels": 6, "voxels_removed": 3}
+    assert cut == {"folds": [0, 1], "structures": 3,
+                   "cut": [{**row, "case": "hip_a"}, {**row, "case": "hip_b"}]}
