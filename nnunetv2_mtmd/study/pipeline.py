@@ -53,7 +53,7 @@ from nnunetv2_mtmd.study.progress import (
     training_status,
 )
 from nnunetv2_mtmd.study.report import build_report, domain_mean_dice, keep_discussion, mark_stale_discussion
-from nnunetv2_mtmd.study.state import StudyState, _now, hardware_info
+from nnunetv2_mtmd.study.state import COMMIT_FILE, StudyState, _now, code_commit, hardware_info
 
 logger = logging.getLogger(__name__)
 
@@ -282,8 +282,9 @@ class Study:
                 self.state.data["folds"] = sorted(set(self.state.data.get("folds", [])) | set(self.folds))
                 self.state.data["report"] = str(self.report_path)
                 self.state.save()
-                logger.info("=== study stage '%s' in %s: schemes %s, folds %s, budget %s", stage, self.dir,
-                            " ".join(self.schemes), self.folds, self.budget.to_json())
+                logger.info("=== study stage '%s' in %s: schemes %s, folds %s, budget %s; code of commit %s "
+                            "loaded from %s", stage, self.dir, " ".join(self.schemes), self.folds,
+                            self.budget.to_json(), code_commit() or "unknown", COMMIT_FILE.parent)
             if stage in ("all", "prepare", "measure"):
                 self.prepare()
             if stage == "measure":

@@ -451,8 +451,8 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
     add(f"- CPU: {hw.get('cpu_model', 'unknown')}, {hw['nproc']} logical cores (nproc); RAM {hw.get('ram_gib', '?')} "
         f"GiB; load average when this report was written: {hw.get('load_average', '?')}")
     add(f"- {hw['platform']}; Python {hw['python']}, torch {hw.get('torch', '?')}, nnunetv2 {hw.get('nnunetv2', '?')}, "
-        f"nnunetv2-mtmd {hw.get('nnunetv2-mtmd', '?')} (code of commit {hw.get('nnunetv2-mtmd commit') or 'unknown'}, "
-        "which wrote this report); device: CPU (`-device cpu`)")
+        f"nnunetv2-mtmd {hw.get('nnunetv2-mtmd', '?')} (code of commit {hw.get('nnunetv2-mtmd commit') or 'unknown'} "
+        f"loaded from `{hw.get('nnunetv2-mtmd code', '?')}`, which wrote this report); device: CPU (`-device cpu`)")
     add("")
     add("## Check: have the Individual baselines learned?")
     add("")

@@ -128,6 +128,9 @@ def hardware_info() -> dict[str, Any]:
         with contextlib.suppress(PackageNotFoundError):
             info[pkg] = version(pkg)
     info["nnunetv2-mtmd commit"] = code_commit()
+    # which copy of the package runs: a snapshot put first on PYTHONPATH loses against the checkout when
+    # `python -m` is started from the repository root (the current directory comes first on sys.path)
+    info["nnunetv2-mtmd code"] = str(COMMIT_FILE.parent)
     return info
 
 

@@ -15,7 +15,7 @@ from nnunetv2_mtmd.study import (
     code_commit,
     reference_cut_text,
 )
-from tests.study.helpers import make_sources, study_cli
+from tests.study.helpers import REPO, make_sources, study_cli
 
 
 @pytest.mark.slow
@@ -77,7 +77,8 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     text = report.read_text()
     assert "## Results without post-processing" in text and "## Results with the paper's post-processing" in text
     assert text.count("### Sensitivity") == 2
-    assert f"(code of commit {code_commit() or 'unknown'}, which wrote this report)" in text
+    assert (f"(code of commit {code_commit() or 'unknown'} loaded from `{REPO / 'nnunetv2_mtmd'}`, which wrote this "
+            "report)") in text
     assert "Structures with k > 1 (fold 0: none)" in text
     ref_parts = json.loads((work / "evaluation" / "reference_parts.json").read_text())
     assert ref_parts["folds"] == [0] and ref_parts["structures"] >= len(merged[0]["val"])
