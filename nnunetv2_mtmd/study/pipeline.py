@@ -141,8 +141,15 @@ class Study:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "logs").mkdir(exist_ok=True)
         root = logging.getLogger("nnunetv2_mtmd")
+        log_file = str((self.dir / LOG_FILE).resolve())
+        # one study log per process: a Study of another work folder created earlier in the same process
+        # (tests, notebooks) must not receive this study's lines, nor keep its file open
+        for h in [h for h in root.handlers if getattr(h, "_mtmd_study", False)]:
+            if getattr(h, "baseFilename", None) != log_file:
+                root.removeHandler(h)
+                h.close()
         if not any(getattr(h, "_mtmd_study", False) for h in root.handlers):
-            h = logging.FileHandler(self.dir / LOG_FILE)
+            h = logging.FileHandler(log_file)
             h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
             h._mtmd_study = True  # type: ignore[attr-defined]
             root.addHandler(h)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import threading
@@ -70,6 +71,20 @@ def test_training_env_limits_threads_only_with_jobs(tmp_path, monkeypatch):
     n = str(job_threads(2))
     assert (env[THREADS_ENV], env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == (n, n, n)
     assert THREADS_ENV not in two.env()  # planning, preprocessing, evaluation keep their threads
+
+
+def test_each_study_logs_to_its_own_work_folder(tmp_path):
+    from nnunetv2_mtmd.study import Study, StudyOptions
+
+    src = make_sources(tmp_path, n_cases=1)
+    for name in ("a", "b", "a"):  # b after a, then a again: each run's lines in its own folder only
+        Study(StudyOptions(tmp_path / name, sources_dir=src, schemes=["Individual"], folds=[0],
+                           report=tmp_path / name / "r.md")).run("report")
+    log_a, log_b = ((tmp_path / n / "study_log.txt").read_text() for n in ("a", "b"))
+    assert log_a.count("study stage 'report'") == 2 and log_b.count("study stage 'report'") == 1
+    assert str(tmp_path / "b") not in log_a and str(tmp_path / "a") not in log_b
+    handlers = [h for h in logging.getLogger("nnunetv2_mtmd").handlers if getattr(h, "_mtmd_study", False)]
+    assert [h.baseFilename for h in handlers] == [str((tmp_path / "a" / "study_log.txt").resolve())]
 
 
 class _FakeTrainings:
