@@ -130,6 +130,7 @@ from nnunetv2_mtmd.study.report import (  # noqa: F401
     other_domain_text,
     paired_references,
     paired_table,
+    publish_tsne,
     reference_cut_text,
     study_command,
     unsourced_numbers,

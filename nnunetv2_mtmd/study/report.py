@@ -36,6 +36,25 @@ if TYPE_CHECKING:
 
 
 # ----------------------------------------------------------------------------------------- report
+def publish_tsne(embeddings_dir: Path, scheme: str, stages: Sequence[str], pics_dir: Path) -> dict[str, Path]:
+    """Copy the t-SNE pictures ``tsne_<stage>.png`` of ``embeddings_dir`` into the report's picture
+    folder as ``tsne_<scheme>_<stage>.png``; returns stage -> copied file for the stages that have one.
+
+    Every other ``tsne_*.png`` of ``pics_dir`` is removed: the best scheme can change when a fold is
+    added, and a picture of the previous best would stay in the repository, linked from nowhere."""
+    pics_dir.mkdir(parents=True, exist_ok=True)
+    copied: dict[str, Path] = {}
+    for stage in stages:
+        src = embeddings_dir / f"tsne_{stage}.png"
+        if src.is_file():
+            copied[stage] = pics_dir / f"tsne_{scheme}_{stage}.png"
+            shutil.copyfile(src, copied[stage])
+    for old in pics_dir.glob("tsne_*.png"):
+        if old not in copied.values():
+            old.unlink()
+    return copied
+
+
 def domain_mean_dice(summary: Mapping[str, Any]) -> float | None:
     """Mean over domains of each domain's mean Dice (summary.json of nnUNetv2_mtmd_evaluate)."""
     vals = [e["mean"]["dice"]["mean"] for e in summary.get("domains", {}).values()
@@ -528,15 +547,10 @@ def build_report(study: Study, evaluated: Mapping[str, Any]) -> str:
         enc = [n for n in names if n.startswith("enc")]
         dec = [n for n in names if n.startswith("dec")]
         shown = [n for n in (enc[-1] if enc else None, dec[-1] if dec else None) if n]
-        pics_dir.mkdir(parents=True, exist_ok=True)
-        for n in shown:
-            src = Path(emb) / f"tsne_{n}.png"
-            if src.is_file():
-                dst = pics_dir / f"tsne_{best}_{n}.png"
-                shutil.copyfile(src, dst)
-                rel = os.path.relpath(dst, study.report_path.parent)
-                add(f"![t-SNE of the {n} embeddings of {SCHEME_LABELS[best]}]({rel})")
-                add("")
+        for n, dst in publish_tsne(Path(emb), best, shown, pics_dir).items():
+            rel = os.path.relpath(dst, study.report_path.parent)
+            add(f"![t-SNE of the {n} embeddings of {SCHEME_LABELS[best]}]({rel})")
+            add("")
     else:
         add("Not available (no multi-domain scheme evaluated, or the embeddings step did not produce files).")
         add("")

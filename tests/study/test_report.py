@@ -18,6 +18,7 @@ from nnunetv2_mtmd.study import (
     other_domain_text,
     paired_references,
     paired_table,
+    publish_tsne,
     reference_cut_text,
     unsourced_numbers,
 )
@@ -222,3 +223,19 @@ def test_mark_stale_discussion_shortens_a_long_list():
     marked, stray = mark_stale_discussion(text, limit=3)
     assert len(stray) == 15
     assert "quotes 15 number(s) that appear nowhere else in the report (0.5, 1.5, 2.5 and 12 more)" in marked
+
+
+def test_publish_tsne_copies_the_best_schemes_pictures_and_drops_a_former_best(tmp_path):
+    emb, pics = tmp_path / "emb", tmp_path / "docs" / "results"
+    emb.mkdir()
+    (emb / "tsne_enc4.png").write_bytes(b"enc4 picture")
+    (emb / "tsne_dec3.png").write_bytes(b"dec3 picture")
+    pics.mkdir(parents=True)
+    for stale in ("tsne_DSL_MSC_enc4.png", "tsne_DSL_MSC_dec3.png"):  # pictures of the previous best scheme
+        (pics / stale).write_bytes(b"old")
+    (pics / "case_dice_raw.png").write_bytes(b"other picture")
+    copied = publish_tsne(emb, "DSL_MJAP", ["enc4", "dec3", "dec9"], pics)
+    assert copied == {"enc4": pics / "tsne_DSL_MJAP_enc4.png", "dec3": pics / "tsne_DSL_MJAP_dec3.png"}
+    assert (pics / "tsne_DSL_MJAP_enc4.png").read_bytes() == b"enc4 picture"
+    assert sorted(p.name for p in pics.iterdir()) == ["case_dice_raw.png", "tsne_DSL_MJAP_dec3.png",
+                                                      "tsne_DSL_MJAP_enc4.png"]
