@@ -90,7 +90,7 @@ def _main(argv: Sequence[str] | None) -> int:
                  "clock", "workdir"):
         if not hasattr(args, name):
             setattr(args, name, None)
-    from nnunetv2_mtmd.benchmark import (
+    from nnunetv2_mtmd.apps.benchmark import (
         BenchmarkSettings,
         check_result,
         format_table,

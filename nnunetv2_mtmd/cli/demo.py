@@ -9,7 +9,7 @@ from nnunetv2_mtmd.cli.common import HelpFormatter, run
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from nnunetv2_mtmd.demo import DEFAULT_BASE_FEATURES, DEFAULT_TRAINER, run_demo
+    from nnunetv2_mtmd.apps.demo import DEFAULT_BASE_FEATURES, DEFAULT_TRAINER, run_demo
 
     p = argparse.ArgumentParser(
         prog="nnUNetv2_mtmd_demo", formatter_class=HelpFormatter,

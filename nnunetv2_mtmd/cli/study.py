@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nnunetv2_mtmd.cli.common import HelpFormatter, run
 
-logger = logging.getLogger("nnunetv2_mtmd.study")
+logger = logging.getLogger("nnunetv2_mtmd.apps.study")
 
 DESCRIPTION = """\
 Run the ablation study of the multi-domain schemes against stock nnU-Net on K source datasets
@@ -36,7 +36,7 @@ SCHEME_HELP = "Individual (stock nnUNetTrainer on each source dataset), Shared, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nnunetv2_mtmd.study import DEFAULT_FOLDS, DEFAULT_SCHEMES, MERGED_ID, MERGED_NAME, STAGES, StudyBudget
+    from nnunetv2_mtmd.apps.study import DEFAULT_FOLDS, DEFAULT_SCHEMES, MERGED_ID, MERGED_NAME, STAGES, StudyBudget
 
     b = StudyBudget()
     p = argparse.ArgumentParser(prog="nnUNetv2_mtmd_study", description=DESCRIPTION, formatter_class=HelpFormatter)
@@ -104,8 +104,8 @@ _BUDGET_ARGS = {"iterations": "iterations", "epochs": "epochs", "val_iterations"
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    from nnunetv2_mtmd.apps.study import Study, StudyOptions, default_workdir
     from nnunetv2_mtmd.errors import InputDataError
-    from nnunetv2_mtmd.study import Study, StudyOptions, default_workdir
 
     args = build_parser().parse_args(argv)
     if args.num_processes < 1 or args.n_proc_da < 0 or args.measure_iterations < 1 or args.jobs < 1:

@@ -8,6 +8,7 @@ import torch
 from nnunetv2.training.logging.nnunet_logger import MetaLogger
 
 from nnunetv2_mtmd.training.trainers.schedules import nnUNetTrainerMTMD_demo, progress_plot_skipped
+from nnunetv2_mtmd.training.trainers.schemes import nnUNetTrainerMTMD
 from tests.reliability.model_folder import dataset_json, plans
 
 
@@ -47,7 +48,7 @@ def test_progress_plot_skipped_then_restored(tmp_path):
 def test_demo_trainer_plots_every_fifth_and_last_epoch(nnunet_dirs, monkeypatch, epoch, plotted):
     t = _demo_trainer()
     calls = []
-    monkeypatch.setattr(type(t).__mro__[1], "on_epoch_end",
+    monkeypatch.setattr(nnUNetTrainerMTMD, "on_epoch_end",  # the scheme the demo schedule runs
                         lambda self: calls.append(self.logger.plot_progress_png("unused")))
     monkeypatch.setattr(MetaLogger, "plot_progress_png", lambda self, folder: "plotted")
     t.current_epoch = epoch

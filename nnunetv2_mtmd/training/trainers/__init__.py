@@ -11,4 +11,4 @@ from nnunetv2_mtmd.training.trainers.schemes import __all__ as _schemes_all
 from nnunetv2_mtmd.training.trainers.study import *  # noqa: F401,F403  (study budget trainers)
 from nnunetv2_mtmd.training.trainers.study import __all__ as _study_all
 
-__all__ = [*_schemes_all, *(n for n in _schedules.__all__ if n != "with_schedule"), *_study_all]
+__all__ = [*_schemes_all, *_schedules.__all__, *_study_all]

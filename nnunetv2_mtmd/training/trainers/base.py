@@ -26,7 +26,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunetv2_mtmd.domains import DomainSpec, check_plans_architecture
 from nnunetv2_mtmd.errors import DomainSpecError
-from nnunetv2_mtmd.inference_checks import install_predictor_input_check
+from nnunetv2_mtmd.inference.checks import install_predictor_input_check
 from nnunetv2_mtmd.training.sampling import DomainBalancedDataLoader
 
 MTMD_NETWORK_PREFIX = "nnunetv2_mtmd.architectures."

@@ -1,7 +1,8 @@
 """Shorter schedules of the MTMD trainers, in nnU-Net's naming (``nnUNetTrainer_5epochs`` style).
 
 nnU-Net sets epoch and iteration counts in ``__init__`` with the base signature (extra init args
-would break checkpoint bookkeeping), so each schedule is a tiny subclass:
+would break checkpoint bookkeeping), so each schedule is a tiny subclass, written out so that
+searching for its name finds it (the :class:`Schedule` mixin applies the counts):
 
 - ``nnUNetTrainerMTMD_1epoch``, ``nnUNetTrainerMTMD_5epochs``: nnU-Net's 250 iterations per epoch;
 - ``nnUNetTrainerMTMD_demo``: the CPU budget of ``nnUNetv2_mtmd_demo``;
@@ -19,39 +20,63 @@ from typing import Any
 
 import torch
 
-from nnunetv2_mtmd.training.trainers.schemes import SCHEMES, nnUNetTrainerMTMD
+from nnunetv2_mtmd.schemes import MULTI_DOMAIN
+from nnunetv2_mtmd.training.trainers.schemes import (
+    nnUNetTrainerMTMD,
+    nnUNetTrainerMTMD_DSL,
+    nnUNetTrainerMTMD_DSL_MJAP,
+    nnUNetTrainerMTMD_DSL_MSC,
+    nnUNetTrainerMTMD_DSL_SSC,
+    nnUNetTrainerMTMD_Shared,
+    nnUNetTrainerMTMD_Shared_MJAP,
+)
 
 
-def with_schedule(base: type, suffix: str, epochs: int, iterations: int | None = None,
-                  val_iterations: int | None = None, ae_iterations: int | None = None,
-                  save_every: int | None = None, ae_save_every: int | None = None) -> type:
-    """Create ``<base name>_<suffix>``: ``base`` with ``epochs`` epochs (and optionally fewer iterations).
+class Schedule:
+    """Mixin (first base) that sets nnU-Net's epoch and iteration counts after the trainer's ``__init__``.
 
-    ``save_every``: nnU-Net's checkpoint_latest interval in epochs; ``ae_save_every``: interval of the
-    autoencoder phase's partial file in iterations."""
+    Class attributes: ``schedule_epochs``; ``schedule_iterations`` / ``schedule_val_iterations``
+    (None: nnU-Net's 250 / 50); ``schedule_save_every``: nnU-Net's checkpoint_latest interval in epochs
+    (None: nnU-Net's 50). The autoencoder phase's length and save interval are the trainer's own
+    ``ae_iterations`` / ``ae_save_every`` attributes, set beside these."""
+
+    schedule_epochs: int = 1000
+    schedule_iterations: int | None = None
+    schedule_val_iterations: int | None = None
+    schedule_save_every: int | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        base.__init__(self, plans, configuration, fold, dataset_json, device)
-        self.num_epochs = epochs
-        if iterations is not None:
-            self.num_iterations_per_epoch = iterations
-        if val_iterations is not None:
-            self.num_val_iterations_per_epoch = val_iterations
-        if save_every is not None:
-            self.save_every = save_every
-
-    doc = f"{base.__name__} with {epochs} epoch(s)" + (f" of {iterations} iterations." if iterations else ".")
-    attrs = {"__init__": __init__, "__module__": __name__, "__doc__": doc}
-    if ae_iterations is not None:
-        attrs["ae_iterations"] = ae_iterations
-    if ae_save_every is not None:
-        attrs["ae_save_every"] = ae_save_every
-    return type(f"{base.__name__}_{suffix}", (base,), attrs)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.schedule_epochs
+        if self.schedule_iterations is not None:
+            self.num_iterations_per_epoch = self.schedule_iterations
+        if self.schedule_val_iterations is not None:
+            self.num_val_iterations_per_epoch = self.schedule_val_iterations
+        if self.schedule_save_every is not None:
+            self.save_every = self.schedule_save_every
 
 
-nnUNetTrainerMTMD_1epoch = with_schedule(nnUNetTrainerMTMD, "1epoch", 1)
-nnUNetTrainerMTMD_5epochs = with_schedule(nnUNetTrainerMTMD, "5epochs", 5)
+class DebugSchedule(Schedule):
+    """1 epoch of 3 training and 2 validation iterations and a 20-iteration autoencoder phase (tests,
+    smoke runs: seconds on a CPU)."""
+
+    schedule_epochs = 1
+    schedule_iterations = 3
+    schedule_val_iterations = 2
+    ae_iterations = 20
+
+
+class nnUNetTrainerMTMD_1epoch(Schedule, nnUNetTrainerMTMD):
+    """nnUNetTrainerMTMD with 1 epoch (nnU-Net's 250 iterations)."""
+
+    schedule_epochs = 1
+
+
+class nnUNetTrainerMTMD_5epochs(Schedule, nnUNetTrainerMTMD):
+    """nnUNetTrainerMTMD with 5 epochs (nnU-Net's 250 iterations each)."""
+
+    schedule_epochs = 5
 
 
 @contextmanager
@@ -65,7 +90,7 @@ def progress_plot_skipped(logger: Any) -> Iterator[None]:
         del logger.plot_progress_png
 
 
-class nnUNetTrainerMTMD_demo(with_schedule(nnUNetTrainerMTMD, "demo", 40, 60, 5, ae_iterations=200)):
+class nnUNetTrainerMTMD_demo(Schedule, nnUNetTrainerMTMD):
     """The demo's CPU budget (nnUNetv2_mtmd_demo): 40 epochs of 60 iterations (5 validation batches)
     after a 200-iteration autoencoder phase, with 2/3 of every batch forced to show foreground
     (nnU-Net: 1/3), rare structures preferred in those slots.
@@ -75,6 +100,11 @@ class nnUNetTrainerMTMD_demo(with_schedule(nnUNetTrainerMTMD, "demo", 40, 60, 5,
     "validation" re-predicts every training case (5 minutes on 2 CPU cores for nothing held out): it
     is skipped, the demo evaluates on its held-out test cases instead. Any other fold validates as
     usual. ``progress.png`` is redrawn every ``plot_every`` epochs and after the last one."""
+
+    schedule_epochs = 40
+    schedule_iterations = 60
+    schedule_val_iterations = 5
+    ae_iterations = 200
 
     #: nnU-Net's default is 0.33. The demo's patch is the whole 64x64 slice, so a forced-foreground
     #: slot picks a slice holding a randomly chosen structure of the case: at 0.66 the small knee bones
@@ -108,13 +138,50 @@ class nnUNetTrainerMTMD_demo(with_schedule(nnUNetTrainerMTMD, "demo", 40, 60, 5,
         return super().perform_actual_validation(save_probabilities)
 
 
-#: Crash-and-resume tests (tests/reliability/test_resume.py): 3 epochs of 2 iterations, a checkpoint
-#: every epoch, and an 8-iteration autoencoder phase that saves its progress every 2 iterations.
-nnUNetTrainerMTMD_resumetest = with_schedule(nnUNetTrainerMTMD, "resumetest", 3, 2, 1, ae_iterations=8,
-                                             save_every=1, ae_save_every=2)
-DEBUG_TRAINERS = {name: with_schedule(cls, "debug", 1, 3, 2, ae_iterations=20) for name, cls in SCHEMES.items()}
-globals().update({cls.__name__: cls for cls in DEBUG_TRAINERS.values()})
+class nnUNetTrainerMTMD_resumetest(Schedule, nnUNetTrainerMTMD):
+    """Crash-and-resume tests (tests/reliability/test_resume.py): 3 epochs of 2 iterations (1 validation
+    iteration), a checkpoint every epoch, and an 8-iteration autoencoder phase that saves its progress
+    every 2 iterations."""
+
+    schedule_epochs = 3
+    schedule_iterations = 2
+    schedule_val_iterations = 1
+    schedule_save_every = 1
+    ae_iterations = 8
+    ae_save_every = 2
+
+
+# ------------------------------------------------------------------ debug schedule of every scheme
+# One per multi-domain scheme of the registry (nnunetv2_mtmd/schemes.py; a test checks the set).
+class nnUNetTrainerMTMD_Shared_debug(DebugSchedule, nnUNetTrainerMTMD_Shared):
+    """nnUNetTrainerMTMD_Shared with the debug schedule."""
+
+
+class nnUNetTrainerMTMD_Shared_MJAP_debug(DebugSchedule, nnUNetTrainerMTMD_Shared_MJAP):
+    """nnUNetTrainerMTMD_Shared_MJAP with the debug schedule."""
+
+
+class nnUNetTrainerMTMD_DSL_debug(DebugSchedule, nnUNetTrainerMTMD_DSL):
+    """nnUNetTrainerMTMD_DSL with the debug schedule."""
+
+
+class nnUNetTrainerMTMD_DSL_SSC_debug(DebugSchedule, nnUNetTrainerMTMD_DSL_SSC):
+    """nnUNetTrainerMTMD_DSL_SSC with the debug schedule."""
+
+
+class nnUNetTrainerMTMD_DSL_MSC_debug(DebugSchedule, nnUNetTrainerMTMD_DSL_MSC):
+    """nnUNetTrainerMTMD_DSL_MSC with the debug schedule."""
+
+
+class nnUNetTrainerMTMD_DSL_MJAP_debug(DebugSchedule, nnUNetTrainerMTMD_DSL_MJAP):
+    """nnUNetTrainerMTMD_DSL_MJAP with the debug schedule."""
+
+
+class nnUNetTrainerMTMD_debug(DebugSchedule, nnUNetTrainerMTMD):
+    """nnUNetTrainerMTMD (DSL+MSC+MJAP) with the debug schedule."""
+
+
+DEBUG_TRAINERS: dict[str, type] = {s.name: globals()[s.debug_trainer] for s in MULTI_DOMAIN}
 
 __all__ = ["nnUNetTrainerMTMD_1epoch", "nnUNetTrainerMTMD_5epochs", "nnUNetTrainerMTMD_demo",
-           "nnUNetTrainerMTMD_resumetest", "with_schedule",
-           *(cls.__name__ for cls in DEBUG_TRAINERS.values())]
+           "nnUNetTrainerMTMD_resumetest", *(cls.__name__ for cls in DEBUG_TRAINERS.values())]

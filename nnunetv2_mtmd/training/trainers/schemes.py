@@ -1,14 +1,7 @@
 """The paper's training schemes as trainers; the class name is the scheme (nnU-Net's experiment id).
 
-| trainer | scheme (Boutillon et al. 2022) | norm / heads | MSC | MJAP |
-|---|---|---|---|---|
-| ``nnUNetTrainerMTMD`` | DSL+MSC+MJAP (the full method) | DSBN / per domain | all stages | yes |
-| ``nnUNetTrainerMTMD_DSL`` | DSL | DSBN / per domain | - | - |
-| ``nnUNetTrainerMTMD_DSL_SSC`` | DSL+SSC (2021) | DSBN / per domain | bottleneck | - |
-| ``nnUNetTrainerMTMD_DSL_MSC`` | DSL+MSC | DSBN / per domain | all stages | - |
-| ``nnUNetTrainerMTMD_DSL_MJAP`` | DSL+MJAP | DSBN / per domain | - | yes |
-| ``nnUNetTrainerMTMD_Shared`` | Shared | shared BN / one head | - | - |
-| ``nnUNetTrainerMTMD_Shared_MJAP`` | Shared+MJAP | shared BN / one head | - | yes |
+The schemes, their names, labels and switches are listed once, in :data:`nnunetv2_mtmd.schemes.SCHEMES`
+(docs/method.md shows the table); each class here is the trainer of one entry.
 
 Weights (class attributes, change them in a tiny subclass): ``lambda_msc`` (lambda2, default 0.1),
 ``lambda_mjap`` (lambda3, default 0.1, the paper's value), autoencoder ``ae_lambda_msc`` (lambda1,
@@ -22,6 +15,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 from torch._dynamo import OptimizedModule
 
+from nnunetv2_mtmd.schemes import MULTI_DOMAIN
 from nnunetv2_mtmd.training.trainers.base import nnUNetTrainerMTMD_DSL
 
 EXTRA_LOG_KEYS = ("seg_loss", "msc_loss", "mjap_loss", "msc_skipped_batches", "msc_nonfinite_batches",
@@ -198,16 +192,10 @@ class nnUNetTrainerMTMD_Shared_MJAP(nnUNetTrainerMTMD_Shared):
     lambda_mjap = 0.1
 
 
-# The DSL scheme has no regularizer; defined in base.py and re-exported here for the table above.
-SCHEMES = {
-    "DSL": nnUNetTrainerMTMD_DSL,
-    "DSL_SSC": nnUNetTrainerMTMD_DSL_SSC,
-    "DSL_MSC": nnUNetTrainerMTMD_DSL_MSC,
-    "DSL_MJAP": nnUNetTrainerMTMD_DSL_MJAP,
-    "MTMD": nnUNetTrainerMTMD,
-    "Shared": nnUNetTrainerMTMD_Shared,
-    "Shared_MJAP": nnUNetTrainerMTMD_Shared_MJAP,
-}
+# The DSL scheme has no regularizer: defined in base.py, re-exported here. Scheme id -> trainer class of
+# every multi-domain scheme of the registry (nnunetv2_mtmd/schemes.py; tests/training/test_trainers.py
+# checks each class against its registry entry).
+SCHEME_CLASSES: dict[str, type] = {s.name: globals()[s.trainer] for s in MULTI_DOMAIN}
 
 __all__ = ["nnUNetTrainerMTMD_DSL", "nnUNetTrainerMTMD", "nnUNetTrainerMTMD_DSL_MSC", "nnUNetTrainerMTMD_DSL_SSC",
            "nnUNetTrainerMTMD_DSL_MJAP", "nnUNetTrainerMTMD_Shared", "nnUNetTrainerMTMD_Shared_MJAP"]

@@ -9,7 +9,7 @@ same number of epochs (same poly learning-rate schedule). Checkpoints are writte
 killed run continues with ``--c`` from at most one epoch back.
 
 nnU-Net instantiates trainers with a fixed signature, so the budget travels in the environment
-variable ``MTMD_STUDY_BUDGET`` (JSON of :class:`nnunetv2_mtmd.study.StudyBudget`, set by the study
+variable ``MTMD_STUDY_BUDGET`` (JSON of :class:`nnunetv2_mtmd.apps.study.StudyBudget`, set by the study
 for every training subprocess; unset = the documented default budget). The trainer logs the budget it
 uses. With ``MTMD_STUDY_MEASURE=1`` (the study's speed measurement) every ``train_step`` is timed
 (wall clock and process CPU time, data loading excluded), the medians are logged at the end of each
@@ -25,15 +25,29 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_mtmd.study import MEASURE_ENV, THREADS_ENV, StudyBudget
+from nnunetv2_mtmd.schemes import SCHEMES
+from nnunetv2_mtmd.training.budget import MEASURE_ENV, THREADS_ENV, StudyBudget
 from nnunetv2_mtmd.training.orientation import fixed_orientation_config
-from nnunetv2_mtmd.training.trainers.schemes import SCHEMES
+from nnunetv2_mtmd.training.trainers.schemes import (
+    nnUNetTrainerMTMD,
+    nnUNetTrainerMTMD_DSL,
+    nnUNetTrainerMTMD_DSL_MJAP,
+    nnUNetTrainerMTMD_DSL_MSC,
+    nnUNetTrainerMTMD_DSL_SSC,
+    nnUNetTrainerMTMD_Shared,
+    nnUNetTrainerMTMD_Shared_MJAP,
+)
 
 
 def apply_study_budget(trainer: nnUNetTrainer, num_domains: int, budget: StudyBudget | None = None) -> StudyBudget:
     """Set epochs, iterations per epoch (``K * I / epochs``), validation iterations, checkpoint
-    frequency and (MJAP) autoencoder iterations of ``trainer`` from the budget; returns the budget."""
-    budget = (budget or StudyBudget.from_env()).validate()
+    frequency and (MJAP) autoencoder iterations of ``trainer`` from the budget (default: the one its
+    plans record, :meth:`StudyBudget.for_training`); returns the budget."""
+    source = "given"
+    if budget is None:
+        budget, source = StudyBudget.for_training(trainer.plans_manager.plans,
+                                                  where=f"plans {trainer.plans_manager.plans_name!r}")
+    budget = budget.validate()
     trainer.num_epochs = budget.epochs
     trainer.num_iterations_per_epoch = budget.iterations_per_epoch(num_domains)
     trainer.num_val_iterations_per_epoch = budget.val_iterations_per_epoch(num_domains)
@@ -45,7 +59,7 @@ def apply_study_budget(trainer: nnUNetTrainer, num_domains: int, budget: StudyBu
         f"iterations = {budget.model_iterations(num_domains)} iterations, {trainer.num_val_iterations_per_epoch} "
         f"validation iterations per epoch, checkpoint every epoch"
         + (f", autoencoder phase {budget.ae_iterations} iterations" if hasattr(trainer, "ae_iterations") else "")
-        + f". Full budget: {budget.to_json()}"
+        + f". Budget from {source}: {budget.to_json()}"
     )
     return budget
 
@@ -113,15 +127,41 @@ class _StudyMixin:
         return super().perform_actual_validation(save_probabilities)
 
 
-def _study_class(base: type) -> type:
-    doc = (f"{base.__name__} with the study budget (``MTMD_STUDY_BUDGET``, equal exposure); see "
-           "nnunetv2_mtmd/training/trainers/study.py.")
-    return type(f"{base.__name__}_study", (_StudyMixin, base), {"__module__": __name__, "__doc__": doc})
+# One per scheme of the registry (nnunetv2_mtmd/schemes.py; a test checks the set), written out so that
+# searching for a trainer name finds its definition.
+class nnUNetTrainer_study(_StudyMixin, nnUNetTrainer):
+    """Stock nnU-Net (the Individual baseline) with the study budget; see this module's docstring."""
 
 
-nnUNetTrainer_study = _study_class(nnUNetTrainer)
-STUDY_TRAINERS: dict[str, type] = {"Individual": nnUNetTrainer_study}
-STUDY_TRAINERS.update({name: _study_class(cls) for name, cls in SCHEMES.items()})
-globals().update({cls.__name__: cls for cls in STUDY_TRAINERS.values()})
+class nnUNetTrainerMTMD_Shared_study(_StudyMixin, nnUNetTrainerMTMD_Shared):
+    """nnUNetTrainerMTMD_Shared with the study budget."""
+
+
+class nnUNetTrainerMTMD_Shared_MJAP_study(_StudyMixin, nnUNetTrainerMTMD_Shared_MJAP):
+    """nnUNetTrainerMTMD_Shared_MJAP with the study budget."""
+
+
+class nnUNetTrainerMTMD_DSL_study(_StudyMixin, nnUNetTrainerMTMD_DSL):
+    """nnUNetTrainerMTMD_DSL with the study budget."""
+
+
+class nnUNetTrainerMTMD_DSL_SSC_study(_StudyMixin, nnUNetTrainerMTMD_DSL_SSC):
+    """nnUNetTrainerMTMD_DSL_SSC with the study budget."""
+
+
+class nnUNetTrainerMTMD_DSL_MSC_study(_StudyMixin, nnUNetTrainerMTMD_DSL_MSC):
+    """nnUNetTrainerMTMD_DSL_MSC with the study budget."""
+
+
+class nnUNetTrainerMTMD_DSL_MJAP_study(_StudyMixin, nnUNetTrainerMTMD_DSL_MJAP):
+    """nnUNetTrainerMTMD_DSL_MJAP with the study budget."""
+
+
+class nnUNetTrainerMTMD_study(_StudyMixin, nnUNetTrainerMTMD):
+    """nnUNetTrainerMTMD (DSL+MSC+MJAP) with the study budget."""
+
+
+#: Scheme id -> study trainer class, for every scheme of the registry.
+STUDY_TRAINERS: dict[str, type] = {s.name: globals()[s.study_trainer] for s in SCHEMES}
 
 __all__ = [cls.__name__ for cls in STUDY_TRAINERS.values()]

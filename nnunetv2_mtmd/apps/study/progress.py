@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from nnunetv2_mtmd.study.constants import CONFIGURATION, INDIVIDUAL, PLANS_NAME
+from nnunetv2_mtmd.apps.study.constants import CONFIGURATION, INDIVIDUAL, PLANS_NAME
 
 
 # ------------------------------------------------------------------------------- training state

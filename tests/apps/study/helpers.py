@@ -9,7 +9,7 @@ from pathlib import Path
 from nnunetv2_mtmd.domains import Domain, DomainLabel, DomainSpec
 from tests.datagen import make_raw_dataset
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def small_spec() -> DomainSpec:

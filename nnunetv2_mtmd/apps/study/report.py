@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nnunetv2_mtmd.domains import DomainSpec
-from nnunetv2_mtmd.io import load_json
-from nnunetv2_mtmd.study.budget import budget_rows
-from nnunetv2_mtmd.study.constants import (
+from nnunetv2_mtmd.apps.study.budget import budget_rows
+from nnunetv2_mtmd.apps.study.constants import (
     BUDGET_ENV,
     EVAL_VARIANTS,
     INDIVIDUAL,
@@ -28,11 +26,13 @@ from nnunetv2_mtmd.study.constants import (
     SCHEME_LABELS,
     SPLIT_SEED,
 )
-from nnunetv2_mtmd.study.progress import autoencoder_dice, epoch_times, fold_folder, training_hours
-from nnunetv2_mtmd.study.state import _now, hardware_info
+from nnunetv2_mtmd.apps.study.progress import autoencoder_dice, epoch_times, fold_folder, training_hours
+from nnunetv2_mtmd.apps.study.state import _now, hardware_info
+from nnunetv2_mtmd.domains import DomainSpec
+from nnunetv2_mtmd.io import load_json
 
 if TYPE_CHECKING:
-    from nnunetv2_mtmd.study.pipeline import Study
+    from nnunetv2_mtmd.apps.study.pipeline import Study
 
 
 # ----------------------------------------------------------------------------------------- report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.study.helpers import REPO, make_sources, study_cli
+from tests.apps.study.helpers import REPO, make_sources, study_cli
 
 
 def test_cli_dry_run_prints_commands_and_writes_nothing(tmp_path):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nnunetv2_mtmd.errors import InputDataError
-from nnunetv2_mtmd.study import (
+from nnunetv2_mtmd.apps.study import (
     StudyState,
     autoencoder_dice,
     config_differences,
@@ -17,7 +16,8 @@ from nnunetv2_mtmd.study import (
     training_hours,
     training_status,
 )
-from tests.study.helpers import make_sources, touch
+from nnunetv2_mtmd.errors import InputDataError
+from tests.apps.study.helpers import make_sources, touch
 
 
 def test_training_status_and_commands(tmp_path):
@@ -185,7 +185,7 @@ def test_format_progress_without_any_timing_says_unknown():
 
 
 def test_status_stage_needs_a_study_and_reads_progress(tmp_path, capsys):
-    from nnunetv2_mtmd.study import Study, StudyOptions
+    from nnunetv2_mtmd.apps.study import Study, StudyOptions
 
     src = make_sources(tmp_path, n_cases=1)
     study = Study(StudyOptions(tmp_path / "w", sources_dir=src, schemes=["Individual", "DSL"], folds=[0]))

@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_mtmd.errors import InputDataError
-from nnunetv2_mtmd.io import save_json
-from nnunetv2_mtmd.study import (
+from nnunetv2_mtmd.apps.study import (
     SCHEME_TRAINERS,
     StudyError,
     components_text,
     union_folders,
 )
-from tests.study.helpers import make_sources, small_spec
+from nnunetv2_mtmd.errors import InputDataError
+from nnunetv2_mtmd.io import save_json
+from tests.apps.study.helpers import make_sources, small_spec
 
 
 def test_study_takes_recorded_options_and_refuses_a_different_budget(tmp_path):
-    from nnunetv2_mtmd.study import Study, StudyOptions, study_command
+    from nnunetv2_mtmd.apps.study import Study, StudyOptions, study_command
 
     src = make_sources(tmp_path, n_cases=1)
     work = tmp_path / "work"
@@ -53,13 +53,13 @@ def test_study_takes_recorded_options_and_refuses_a_different_budget(tmp_path):
 
 @pytest.mark.parametrize("jobs, cores, threads", [(1, 2, 2), (2, 2, 1), (3, 2, 1), (2, 16, 8), (3, 16, 5)])
 def test_job_threads(jobs, cores, threads):
-    from nnunetv2_mtmd.study import job_threads
+    from nnunetv2_mtmd.apps.study import job_threads
 
     assert job_threads(jobs, cores) == threads
 
 
 def test_training_env_limits_threads_only_with_jobs(tmp_path, monkeypatch):
-    from nnunetv2_mtmd.study import THREADS_ENV, Study, StudyOptions, job_threads
+    from nnunetv2_mtmd.apps.study import THREADS_ENV, Study, StudyOptions, job_threads
 
     src = make_sources(tmp_path, n_cases=1)
     monkeypatch.setenv(THREADS_ENV, "7")  # inherited from the caller: never passed on unchanged
@@ -74,7 +74,7 @@ def test_training_env_limits_threads_only_with_jobs(tmp_path, monkeypatch):
 
 
 def test_each_study_logs_to_its_own_work_folder(tmp_path):
-    from nnunetv2_mtmd.study import Study, StudyOptions
+    from nnunetv2_mtmd.apps.study import Study, StudyOptions
 
     src = make_sources(tmp_path, n_cases=1)
     for name in ("a", "b", "a"):  # b after a, then a again: each run's lines in its own folder only
@@ -123,7 +123,7 @@ class _FakeTrainings:
 
 @pytest.mark.parametrize("jobs, expected_max", [(1, 1), (2, 2), (3, 3)])
 def test_train_runs_jobs_at_once_and_evaluates_each_fold_when_complete(tmp_path, jobs, expected_max):
-    from nnunetv2_mtmd.study import Study, StudyOptions
+    from nnunetv2_mtmd.apps.study import Study, StudyOptions
 
     runs = [(0, "a", "D", "T", "new"), (0, "slow", "D", "T", "new"), (1, "a", "D", "T", "new"),
             (1, "b", "D", "T", "new")]
@@ -147,7 +147,7 @@ def test_train_runs_jobs_at_once_and_evaluates_each_fold_when_complete(tmp_path,
 def test_train_first_evaluates_a_fold_completed_before_it_started(tmp_path, jobs):
     """A study stopped during a fold's evaluation: the rerun evaluates that fold at once, not only when
     its next training ends (with jobs, while the trainings run)."""
-    from nnunetv2_mtmd.study import Study, StudyOptions
+    from nnunetv2_mtmd.apps.study import Study, StudyOptions
 
     # with jobs, both fold-1 models wait until fold 0 is evaluated: they cannot end first
     runs = [(0, "a", "D", "T", "new"), (1, "slow", "D", "T", "new"), (1, "slow_b", "D", "T", "new")]
@@ -160,7 +160,7 @@ def test_train_first_evaluates_a_fold_completed_before_it_started(tmp_path, jobs
 
 
 def test_parallel_train_failure_stops_new_trainings_and_raises(tmp_path):
-    from nnunetv2_mtmd.study import Study, StudyOptions
+    from nnunetv2_mtmd.apps.study import Study, StudyOptions
 
     runs = [(0, "a", "D", "T", "new"), (0, "slow", "D", "T", "new")] + [(1, f"s{i}", "D", "T", "new")
                                                                       for i in range(6)]
@@ -192,7 +192,7 @@ def test_union_folders_keeps_each_folds_json_and_refuses_overlapping_folds(tmp_p
 
 
 def test_embeddings_are_reused_while_the_checkpoint_is_the_same(tmp_path, monkeypatch):
-    from nnunetv2_mtmd.study import Study, StudyOptions, fold_folder
+    from nnunetv2_mtmd.apps.study import Study, StudyOptions, fold_folder
 
     study = Study(StudyOptions(tmp_path / "w", sources_dir=make_sources(tmp_path, n_cases=1)))
     calls = []
@@ -225,7 +225,7 @@ def test_embeddings_are_reused_while_the_checkpoint_is_the_same(tmp_path, monkey
 
 
 def test_fold_components_counts_parts_in_the_folds_training_labels_only(tmp_path):
-    from nnunetv2_mtmd.study import Study, StudyOptions
+    from nnunetv2_mtmd.apps.study import Study, StudyOptions
     from tests.evaluation.test_evaluate import merged_dataset_json
 
     study = Study(StudyOptions(tmp_path / "w", sources_dir=make_sources(tmp_path, n_cases=1)))

@@ -7,8 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nnunetv2_mtmd.errors import InputDataError
-from nnunetv2_mtmd.study import (
+from nnunetv2_mtmd.apps.study import (
     BUDGET_ENV,
     SCHEME_TRAINERS,
     StudyBudget,
@@ -16,6 +15,7 @@ from nnunetv2_mtmd.study import (
     coarse_2d_plans,
     estimate_hours,
 )
+from nnunetv2_mtmd.errors import InputDataError
 
 
 @pytest.mark.parametrize(

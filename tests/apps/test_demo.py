@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from nnunetv2_mtmd.demo import _label_cmap, dice_table, format_dice_table, run_demo, set_cpu_plans
+from nnunetv2_mtmd.apps.demo import _label_cmap, dice_table, format_dice_table, run_demo, set_cpu_plans
 from nnunetv2_mtmd.errors import InputDataError, OutputExistsError
 
 

@@ -7,10 +7,10 @@ import subprocess
 
 import pytest
 
-from nnunetv2_mtmd.study import (
+from nnunetv2_mtmd.apps.study import (
     code_commit,
 )
-from tests.study.helpers import REPO
+from tests.apps.study.helpers import REPO
 
 
 @pytest.mark.parametrize("content, expected", [

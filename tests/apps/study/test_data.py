@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_mtmd.errors import InputDataError
-from nnunetv2_mtmd.study import (
+from nnunetv2_mtmd.apps.study import (
     find_sources,
     individual_splits,
     remap_labels,
     strip_domain_prefix,
     unify_individual_prediction,
 )
+from nnunetv2_mtmd.errors import InputDataError
+from tests.apps.study.helpers import small_spec
 from tests.datagen import make_raw_dataset
-from tests.study.helpers import small_spec
 
 
 def test_individual_splits_hold_out_the_same_cases():

@@ -6,8 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nnunetv2_mtmd.io import save_json
-from nnunetv2_mtmd.study import (
+from nnunetv2_mtmd.apps.study import (
     domain_mean_dice,
     embedding_table,
     fold_table,
@@ -22,7 +21,8 @@ from nnunetv2_mtmd.study import (
     reference_cut_text,
     unsourced_numbers,
 )
-from tests.study.helpers import small_spec
+from nnunetv2_mtmd.io import save_json
+from tests.apps.study.helpers import small_spec
 
 
 @pytest.mark.parametrize("schemes, expected", [
@@ -38,7 +38,7 @@ def test_paired_references(schemes, expected):
 
 
 def test_case_level_text_compares_the_regularized_schemes_with_dsl_too(tmp_path):
-    from nnunetv2_mtmd.study import case_level_text
+    from nnunetv2_mtmd.apps.study import case_level_text
 
     cases = {"knee_a": "knee", "knee_b": "knee", "knee_c": "knee", "hip_a": "hip", "hip_b": "hip", "hip_c": "hip"}
     base = {c: 0.5 + 0.05 * i for i, c in enumerate(cases)}

@@ -33,14 +33,14 @@ Every step logs to ``DIR/study_log.txt`` (subprocess output in ``DIR/logs/``) an
 ``DIR/state.json``; running again continues where it stopped. ``--stage measure`` times a few
 iterations of every trainer to choose the budget. See docs/study.md.
 
-Modules, in pipeline order: :mod:`~nnunetv2_mtmd.study.constants`, :mod:`~nnunetv2_mtmd.study.budget`
-(budget and plans), :mod:`~nnunetv2_mtmd.study.data` (sources, splits, label remapping),
-:mod:`~nnunetv2_mtmd.study.state` (``state.json``, hardware, commit), :mod:`~nnunetv2_mtmd.study.progress`
-(training status and timings from nnU-Net's files), :mod:`~nnunetv2_mtmd.study.pipeline` (:class:`Study`)
-and :mod:`~nnunetv2_mtmd.study.report` (``results.md``). Every name is importable from here.
+Modules, in pipeline order: :mod:`~nnunetv2_mtmd.apps.study.constants`, :mod:`~nnunetv2_mtmd.apps.study.budget`
+(budget and plans), :mod:`~nnunetv2_mtmd.apps.study.data` (sources, splits, label remapping),
+:mod:`~nnunetv2_mtmd.apps.study.state` (``state.json``, hardware, commit), :mod:`~nnunetv2_mtmd.apps.study.progress`
+(training status and timings from nnU-Net's files), :mod:`~nnunetv2_mtmd.apps.study.pipeline` (:class:`Study`)
+and :mod:`~nnunetv2_mtmd.apps.study.report` (``results.md``). Every name is importable from here.
 """
 
-from nnunetv2_mtmd.study.budget import (  # noqa: F401
+from nnunetv2_mtmd.apps.study.budget import (  # noqa: F401
     StudyBudget,
     _fit_length,
     budget_rows,
@@ -48,7 +48,7 @@ from nnunetv2_mtmd.study.budget import (  # noqa: F401
     describe_2d,
     estimate_hours,
 )
-from nnunetv2_mtmd.study.constants import (  # noqa: F401
+from nnunetv2_mtmd.apps.study.constants import (  # noqa: F401
     BUDGET_ENV,
     CONFIGURATION,
     DEFAULT_FOLDS,
@@ -75,7 +75,7 @@ from nnunetv2_mtmd.study.constants import (  # noqa: F401
     WORKDIR_ENV,
     StudyError,
 )
-from nnunetv2_mtmd.study.data import (  # noqa: F401
+from nnunetv2_mtmd.apps.study.data import (  # noqa: F401
     Source,
     Split,
     find_sources,
@@ -84,14 +84,14 @@ from nnunetv2_mtmd.study.data import (  # noqa: F401
     strip_domain_prefix,
     unify_individual_prediction,
 )
-from nnunetv2_mtmd.study.pipeline import (  # noqa: F401
+from nnunetv2_mtmd.apps.study.pipeline import (  # noqa: F401
     Study,
     StudyOptions,
     _bin,
     job_threads,
     union_folders,
 )
-from nnunetv2_mtmd.study.progress import (  # noqa: F401
+from nnunetv2_mtmd.apps.study.progress import (  # noqa: F401
     _AE_FROZEN,
     _EPOCH_START,
     _EPOCH_TIME,
@@ -108,7 +108,7 @@ from nnunetv2_mtmd.study.progress import (  # noqa: F401
     training_hours,
     training_status,
 )
-from nnunetv2_mtmd.study.report import (  # noqa: F401
+from nnunetv2_mtmd.apps.study.report import (  # noqa: F401
     _NUMBER,
     DISCUSSION_HEADING,
     DISCUSSION_PLACEHOLDER,
@@ -135,7 +135,7 @@ from nnunetv2_mtmd.study.report import (  # noqa: F401
     study_command,
     unsourced_numbers,
 )
-from nnunetv2_mtmd.study.state import (  # noqa: F401
+from nnunetv2_mtmd.apps.study.state import (  # noqa: F401
     COMMIT_FILE,
     StudyState,
     _now,

@@ -46,6 +46,7 @@ import numpy as np
 
 from nnunetv2_mtmd.domains import CODE_CHANNEL_NAME, Domain, DomainLabel, DomainSpec
 from nnunetv2_mtmd.errors import InputDataError
+from nnunetv2_mtmd.schemes import benchmark_schemes
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +59,8 @@ TARGETS: dict[str, float] = {
     "memory": 1.10,
     "k_scaling": 1.10,
 }
-#: Trainer class names of the compared training schemes (key = name in the JSON output).
-SCHEME_TRAINERS: dict[str, str] = {
-    "DSL": "nnUNetTrainerMTMD_DSL",
-    "DSL_MSC": "nnUNetTrainerMTMD_DSL_MSC",
-    "MTMD": "nnUNetTrainerMTMD",
-}
+#: Trainer class names of the compared training schemes (key = name in the JSON output), from the registry.
+SCHEME_TRAINERS: dict[str, str] = {key: s.trainer for key, s in benchmark_schemes().items()}
 STOCK_TRAINER = "nnUNetTrainer"
 STOCK = "stock"
 #: Keys of the JSON result required by issue 6 (a "details" key is added next to them).

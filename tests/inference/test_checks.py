@@ -2,7 +2,7 @@
 code fails with a clear error naming the case, before any output file is written.
 
 nnU-Net itself checks none of this (see docs/reliability.md); the plugin's check
-(``nnunetv2_mtmd.inference_checks``) is installed into nnU-Net's predictor when the MTMD trainer
+(``nnunetv2_mtmd.inference.checks``) is installed into nnU-Net's predictor when the MTMD trainer
 builds the network. Tested at three levels: the checks on files and arrays, nnU-Net's predictor in
 process (all four entry points, fail-safe behaviour, non-MTMD models untouched), and the real
 ``nnUNetv2_predict`` console script.
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_mtmd import inference_checks as ic
 from nnunetv2_mtmd.domains import DomainSpec
 from nnunetv2_mtmd.errors import InputDataError
+from nnunetv2_mtmd.inference import checks as ic
 from tests.conftest import venv_bin
 from tests.reliability.model_folder import DATASET, SHAPE, TRAINER, dataset_json, make_model_folder, write_case
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_mtmd.apps.study.constants import REAL_DOMAIN_NAMES, REALDATA_DIR
 from nnunetv2_mtmd.domains import Domain, DomainSpec, sanitize_domain_name, validate_domain_name
 from nnunetv2_mtmd.errors import InputDataError
-from nnunetv2_mtmd.study.constants import REAL_DOMAIN_NAMES, REALDATA_DIR
 
 # ---------------------------------------------------------------------------------------- splits
 Split = dict[str, list[str]]

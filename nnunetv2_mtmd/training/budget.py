@@ -1,19 +1,38 @@
-"""The study budget (identical for every scheme) and the coarse 2D plans variant it implies."""
+"""The training budget of the real-data study (equal exposure), as the study trainers read it.
+
+The study (``nnUNetv2_mtmd_study``, docs/study.md) writes the budget into the plans variant it trains
+with, under the top-level key ``mtmd_study_budget`` (:data:`PLANS_BUDGET_KEY`); nnU-Net copies
+plans.json into every results folder, so each model records the budget it was trained with. Plans
+without the key (study folders written before the key existed) fall back to the JSON in
+``$MTMD_STUDY_BUDGET`` and then to the defaults, as the trainers did before
+(docs/design.md, "Configuration lives in plans").
+
+The budget is a library type (the trainers need it); the study app only chooses its values.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from nnunetv2_mtmd.errors import InputDataError
-from nnunetv2_mtmd.study.constants import BUDGET_ENV, INDIVIDUAL, PLANS_NAME, SCHEME_TRAINERS
+
+#: Top-level plans.json key holding the budget (a JSON object of :class:`StudyBudget` fields).
+PLANS_BUDGET_KEY = "mtmd_study_budget"
+#: Legacy: the budget as JSON in the environment, read only when the plans lack :data:`PLANS_BUDGET_KEY`.
+BUDGET_ENV = "MTMD_STUDY_BUDGET"
+#: Set to "1" by the study's ``--stage measure``: the study trainers time every step and skip nnU-Net's
+#: final validation.
+MEASURE_ENV = "MTMD_STUDY_MEASURE"
+#: Torch CPU threads of a study training (nnU-Net's ``-device cpu`` sets all cores, which oversubscribes
+#: the CPU when ``--jobs`` trainings run at once).
+THREADS_ENV = "MTMD_TORCH_THREADS"
 
 
-# --------------------------------------------------------------------------------------- budget
 @dataclass(frozen=True)
 class StudyBudget:
     """The compute budget, identical for every scheme (equal exposure, DESIGN.md "Budgets").
@@ -125,105 +144,32 @@ class StudyBudget:
             raise InputDataError(f"${BUDGET_ENV} must be a JSON object, found {text!r}.")
         return cls.from_json(d, f"${BUDGET_ENV}").validate()
 
+    def to_plans(self, plans: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of ``plans`` recording this budget under :data:`PLANS_BUDGET_KEY`."""
+        out = json.loads(json.dumps(plans))
+        out[PLANS_BUDGET_KEY] = self.to_json()
+        return out
 
-def budget_rows(budget: StudyBudget, schemes: Sequence[str], num_domains: int) -> list[dict[str, Any]]:
-    """One row per scheme: trainer, models per fold, iterations per model and per fold, samples per domain.
+    @classmethod
+    def from_plans(cls, plans: Mapping[str, Any], where: str = "plans") -> StudyBudget | None:
+        """The budget recorded in ``plans`` (validated), or None when the plans hold none."""
+        d = plans.get(PLANS_BUDGET_KEY)
+        if d is None:
+            return None
+        if not isinstance(d, Mapping):
+            raise InputDataError(f"{where}['{PLANS_BUDGET_KEY}'] must be a JSON object of budget values, found "
+                                 f"{type(d).__name__}; rewrite the plans with nnUNetv2_mtmd_study --stage prepare.")
+        return cls.from_json(d, f"{where}['{PLANS_BUDGET_KEY}']").validate()
 
-    Every scheme gets the same iterations per fold (``K * I``) and the same samples per domain
-    (``I * B``): equal exposure and equal compute."""
-    rows = []
-    for s in schemes:
-        k_model = 1 if s == INDIVIDUAL else num_domains
-        n_models = num_domains if s == INDIVIDUAL else 1
-        rows.append({
-            "scheme": s,
-            "trainer": SCHEME_TRAINERS[s],
-            "models_per_fold": n_models,
-            "iterations_per_model": budget.model_iterations(k_model),
-            "iterations_per_epoch": budget.iterations_per_epoch(k_model),
-            "iterations_per_fold": n_models * budget.model_iterations(k_model),
-            "samples_per_domain": budget.samples_per_domain(k_model),
-        })
-    return rows
-
-
-def estimate_hours(budget: StudyBudget, seconds_per_iteration: Mapping[str, float], num_domains: int,
-                   n_folds: int, ae_seconds: Mapping[str, float] | None = None) -> dict[str, float]:
-    """Expected CPU hours per scheme over ``n_folds`` folds (training iterations only, plus the MJAP
-    autoencoder phase given in ``ae_seconds`` per model), and the total under key ``"total"``.
-
-    ``seconds_per_iteration[scheme]`` is the time of one training iteration of that scheme (all
-    schemes use the same batch size, so Individual's value applies to each of its K models)."""
-    out: dict[str, float] = {}
-    rows = {r["scheme"]: r for r in budget_rows(budget, list(seconds_per_iteration), num_domains)}
-    for s, sec in seconds_per_iteration.items():
-        secs = rows[s]["iterations_per_fold"] * sec + (ae_seconds or {}).get(s, 0.0) * rows[s]["models_per_fold"]
-        out[s] = n_folds * secs / 3600.0
-    out["total"] = sum(out.values())
-    return out
-
-
-# ---------------------------------------------------------------------------------------- plans
-def _fit_length(values: Sequence[int], n: int) -> list[int]:
-    values = list(values)
-    return (values + [values[-1]] * n)[:n]
-
-
-def coarse_2d_plans(plans: Mapping[str, Any], budget: StudyBudget, plans_name: str = PLANS_NAME) -> dict[str, Any]:
-    """A plans variant whose only configuration is ``2d`` with the budget's in-plane spacing, square
-    patch, batch size and maximum number of features, the network topology re-derived for that
-    spacing and patch with nnU-Net's own rule (``get_pool_and_conv_props``, minimum feature map edge
-    4, as the planner does). Everything else (normalization, resampling, network class and the
-    multi-domain kwargs) stays as planned. ``plans`` is not modified.
-
-    nnU-Net preprocesses and trains according to the plans, so writing this variant before
-    ``nnUNetv2_preprocess -plans_name`` is the documented way to plan coarser."""
-    from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
-
-    if "2d" not in plans.get("configurations", {}):
-        raise InputDataError(f"The plans {plans.get('plans_name')!r} have no '2d' configuration to coarsen.")
-    out = json.loads(json.dumps(plans))
-    conf = out["configurations"]["2d"]
-    spacing = [float(budget.spacing_mm)] * 2
-    patch = [int(budget.patch_size)] * 2
-    _, strides, kernels, new_patch, _ = get_pool_and_conv_props(spacing, patch, 4, 999999)
-    new_patch = [int(p) for p in new_patch]
-    if new_patch != patch:
-        raise InputDataError(
-            f"--patch-size {budget.patch_size} is not divisible by 2**(number of poolings) that nnU-Net chooses "
-            f"for it ({new_patch}); use a multiple of 16, e.g. 48, 64 or 80."
-        )
-    n = len(strides)
-    ak = conf["architecture"]["arch_kwargs"]
-    base = int(budget.base_features)
-    old_spacing = conf["spacing"]
-    conf["median_image_size_in_voxels"] = [
-        round(float(m) * float(s) / budget.spacing_mm, 1) for m, s in zip(conf["median_image_size_in_voxels"],
-                                                                          old_spacing)
-    ]
-    conf.update({
-        "data_identifier": f"{plans_name}_2d",
-        "spacing": spacing,
-        "patch_size": patch,
-        "batch_size": int(budget.batch_size),
-    })
-    ak.update({
-        "n_stages": n,
-        "features_per_stage": [min(int(budget.max_features), base * 2 ** i) for i in range(n)],
-        "kernel_sizes": [[int(k) for k in ks] for ks in kernels],
-        "strides": [[int(s) for s in st] for st in strides],
-        "n_conv_per_stage": _fit_length(ak["n_conv_per_stage"], n),
-        "n_conv_per_stage_decoder": _fit_length(ak["n_conv_per_stage_decoder"], n - 1),
-    })
-    out["plans_name"] = plans_name
-    out["configurations"] = {"2d": conf}
-    return out
-
-
-def describe_2d(plans: Mapping[str, Any]) -> dict[str, Any]:
-    """Spacing, patch, batch size, stages and features of a plans file's ``2d`` configuration."""
-    c = plans["configurations"]["2d"]
-    ak = c["architecture"]["arch_kwargs"]
-    return {"spacing": c["spacing"], "patch_size": c["patch_size"], "batch_size": c["batch_size"],
-            "n_stages": ak["n_stages"], "features_per_stage": list(ak["features_per_stage"]),
-            "network": c["architecture"]["network_class_name"].rsplit(".", 1)[-1]}
+    @classmethod
+    def for_training(cls, plans: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                     where: str = "plans") -> tuple[StudyBudget, str]:
+        """The budget a study trainer uses and where it came from: the plans' key, else (older study
+        folders) ``$MTMD_STUDY_BUDGET``, else the defaults."""
+        recorded = cls.from_plans(plans, where)
+        if recorded is not None:
+            return recorded, f"{where}['{PLANS_BUDGET_KEY}']"
+        environ = os.environ if environ is None else environ
+        if environ.get(BUDGET_ENV):
+            return cls.from_env(environ), f"${BUDGET_ENV} (plans without '{PLANS_BUDGET_KEY}')"
+        return cls(), "defaults (plans without a recorded budget)"

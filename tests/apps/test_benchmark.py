@@ -1,4 +1,4 @@
-"""Tests of ``nnunetv2_mtmd.benchmark`` and the ``nnUNetv2_mtmd_benchmark`` console script."""
+"""Tests of ``nnunetv2_mtmd.apps.benchmark`` and the ``nnUNetv2_mtmd_benchmark`` console script."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_mtmd import benchmark as B
+from nnunetv2_mtmd.apps import benchmark as B
 from nnunetv2_mtmd.domains import DomainSpec
 from nnunetv2_mtmd.errors import InputDataError
 from nnunetv2_mtmd.planning.planners import to_multi_domain_architecture

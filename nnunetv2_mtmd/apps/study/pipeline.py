@@ -18,11 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from nnunetv2_mtmd.domains import DomainSpec
-from nnunetv2_mtmd.errors import InputDataError
-from nnunetv2_mtmd.io import atomic_output_dir, load_json, save_json
-from nnunetv2_mtmd.study.budget import StudyBudget, coarse_2d_plans, describe_2d, estimate_hours
-from nnunetv2_mtmd.study.constants import (
+from nnunetv2_mtmd.apps.study.budget import StudyBudget, coarse_2d_plans, describe_2d, estimate_hours
+from nnunetv2_mtmd.apps.study.constants import (
     CONFIGURATION,
     DEFAULT_FOLDS,
     DEFAULT_SCHEMES,
@@ -42,8 +39,8 @@ from nnunetv2_mtmd.study.constants import (
     THREADS_ENV,
     StudyError,
 )
-from nnunetv2_mtmd.study.data import Split, find_sources, individual_splits, unify_individual_prediction
-from nnunetv2_mtmd.study.progress import (
+from nnunetv2_mtmd.apps.study.data import Split, find_sources, individual_splits, unify_individual_prediction
+from nnunetv2_mtmd.apps.study.progress import (
     epoch_times,
     epochs_completed,
     fold_folder,
@@ -52,8 +49,11 @@ from nnunetv2_mtmd.study.progress import (
     train_command,
     training_status,
 )
-from nnunetv2_mtmd.study.report import build_report, domain_mean_dice, keep_discussion, mark_stale_discussion
-from nnunetv2_mtmd.study.state import COMMIT_FILE, StudyState, _now, code_commit, hardware_info
+from nnunetv2_mtmd.apps.study.report import build_report, domain_mean_dice, keep_discussion, mark_stale_discussion
+from nnunetv2_mtmd.apps.study.state import COMMIT_FILE, StudyState, _now, code_commit, hardware_info
+from nnunetv2_mtmd.domains import DomainSpec
+from nnunetv2_mtmd.errors import InputDataError
+from nnunetv2_mtmd.io import atomic_output_dir, load_json, save_json
 
 logger = logging.getLogger(__name__)
 

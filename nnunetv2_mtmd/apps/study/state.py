@@ -14,9 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from nnunetv2_mtmd.apps.study.constants import STATE_VERSION, WORKDIR_ENV, StudyError
 from nnunetv2_mtmd.errors import InputDataError
 from nnunetv2_mtmd.io import load_json
-from nnunetv2_mtmd.study.constants import STATE_VERSION, WORKDIR_ENV, StudyError
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -135,7 +135,7 @@ def hardware_info() -> dict[str, Any]:
 
 
 #: ``nnunetv2_mtmd/COMMIT`` (the package root, whose files the commit covers).
-COMMIT_FILE = Path(__file__).resolve().parents[1] / "COMMIT"
+COMMIT_FILE = Path(__file__).resolve().parents[2] / "COMMIT"
 
 
 def code_commit(commit_file: Path = COMMIT_FILE) -> str | None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnunetv2_mtmd.errors import MTMDError
+from nnunetv2_mtmd.schemes import INDIVIDUAL, SCHEMES  # noqa: F401
+from nnunetv2_mtmd.training.budget import BUDGET_ENV, MEASURE_ENV, PLANS_BUDGET_KEY, THREADS_ENV  # noqa: F401
 
 # ------------------------------------------------------------------------------------ constants
 #: Where the real data lives: ``../shared/realdata`` next to the repository (never copied into it).
-REALDATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "realdata"
+REALDATA_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "realdata"
 #: Domain names of the real datasets (as in dataset_conversion/merge_real_musculoskeletal.py).
 REAL_DOMAIN_NAMES = {
     "Dataset901_LumbarVertebraeMR": "lumbar",
@@ -27,28 +29,11 @@ STATE_FILE = "state.json"
 LOG_FILE = "study_log.txt"
 #: An Individual baseline whose domain-mean Dice stays below this has not learned (report check).
 LEARNED_DICE = 0.5
-#: Environment variable carrying the budget (JSON) to the study trainers in the training subprocess.
-BUDGET_ENV = "MTMD_STUDY_BUDGET"
-#: Set to "1" by ``--stage measure``: the study trainers skip nnU-Net's final validation.
-MEASURE_ENV = "MTMD_STUDY_MEASURE"
-#: Torch CPU threads of a study training (read by the study trainers; nnU-Net's ``-device cpu`` sets all
-#: cores, which oversubscribes the CPU when ``--jobs`` trainings run at once).
-THREADS_ENV = "MTMD_TORCH_THREADS"
 WORKDIR_ENV = "MTMD_STUDY_DIR"
 
-INDIVIDUAL = "Individual"
-#: scheme -> trainer class (nnunetv2_mtmd/training/trainers/study.py).
-SCHEME_TRAINERS: dict[str, str] = {
-    INDIVIDUAL: "nnUNetTrainer_study",
-    "Shared": "nnUNetTrainerMTMD_Shared_study",
-    "Shared_MJAP": "nnUNetTrainerMTMD_Shared_MJAP_study",
-    "DSL": "nnUNetTrainerMTMD_DSL_study",
-    "DSL_SSC": "nnUNetTrainerMTMD_DSL_SSC_study",
-    "DSL_MSC": "nnUNetTrainerMTMD_DSL_MSC_study",
-    "DSL_MJAP": "nnUNetTrainerMTMD_DSL_MJAP_study",
-    "DSL_MSC_MJAP": "nnUNetTrainerMTMD_study",
-}
-SCHEME_LABELS: dict[str, str] = {s: s.replace("_", "+") for s in SCHEME_TRAINERS}
+#: scheme -> study trainer class and scheme -> label, from the one registry (nnunetv2_mtmd/schemes.py).
+SCHEME_TRAINERS: dict[str, str] = {s.name: s.study_trainer for s in SCHEMES}
+SCHEME_LABELS: dict[str, str] = {s.name: s.label for s in SCHEMES}
 DEFAULT_SCHEMES = ("Individual", "Shared", "DSL", "DSL_MSC", "DSL_MJAP", "DSL_MSC_MJAP")
 STAGES = ("all", "prepare", "train", "evaluate", "report", "measure", "status")
 #: Metrics of the report tables (keys of evaluate's summary.json) and their headings.

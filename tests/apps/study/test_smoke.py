@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_mtmd.study import (
+from nnunetv2_mtmd.apps.study import (
     code_commit,
     reference_cut_text,
 )
-from tests.study.helpers import REPO, make_sources, study_cli
+from tests.apps.study.helpers import REPO, make_sources, study_cli
 
 
 @pytest.mark.slow
@@ -57,7 +57,7 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
                 / "fold_0").glob("training_log_*.txt")).read_text()
     assert "1 epochs x 6 iterations = 6 iterations" in log
     # --jobs 2: two trainings at once, each with its share of the cores
-    from nnunetv2_mtmd.study import THREADS_ENV, job_threads
+    from nnunetv2_mtmd.apps.study import THREADS_ENV, job_threads
 
     n = job_threads(2)
     assert f"{THREADS_ENV}={n}: torch uses {n} CPU thread(s)" in log
