@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,36 @@ def load_json(path: Path) -> dict[str, Any]:
 def save_json(obj: Any, path: Path) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=2)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; when the block succeeds it is renamed over ``path``
+    (``os.replace``, atomic on one file system), on any error it is deleted and ``path`` is untouched.
+
+    The one way the plugin writes a file that a crash must not leave half-written (checkpoints,
+    splits, state files, reports): ``with atomic_file(p) as tmp: torch.save(obj, tmp)``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # not mkstemp: its file is mode 0600, and a checkpoint or report should get the usual permissions
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_save_json(obj: Any, path: str | Path) -> None:
+    """:func:`save_json` to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        save_json(obj, tmp)
 
 
 def list_cases(folder: Path, file_ending: str, num_channels: int | None = None) -> dict[str, list[Path]]:

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,7 +43,7 @@ import numpy as np
 
 from nnunetv2_mtmd.domains import DomainSpec
 from nnunetv2_mtmd.errors import InputDataError, OutputExistsError
-from nnunetv2_mtmd.io import env_folder, find_dataset, load_json
+from nnunetv2_mtmd.io import atomic_save_json, env_folder, find_dataset, load_json
 
 logger = logging.getLogger(__name__)
 
@@ -280,15 +278,7 @@ def write_splits(splits: list[Split], path: Path, overwrite: bool = False) -> bo
                 f"{path} already exists and holds a different split ({n_old} folds; the new one has "
                 f"{len(splits)}). Trained folds refer to it: pass --overwrite only if you mean to replace it."
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".splits_final.", suffix=".json.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(splits, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save_json(splits, path)
     return True
 
 

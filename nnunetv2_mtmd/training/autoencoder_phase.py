@@ -28,7 +28,6 @@ broadcast from rank 0, and only rank 0 writes files (see :mod:`nnunetv2_mtmd.tra
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from nnunetv2_mtmd.errors import InputDataError
+from nnunetv2_mtmd.io import atomic_file
 from nnunetv2_mtmd.losses.anatomical_prior import (
     LabelAutoencoder,
     autoencoder_loss,
@@ -75,12 +75,11 @@ def phase_fingerprint(ae: LabelAutoencoder, train_cases: list[str] | None, lambd
 
 def save_state(path: Path, ae: LabelAutoencoder, opt: torch.optim.Optimizer | None, st: AutoencoderPhaseState) -> None:
     """Write the phase state atomically (temporary file, then ``os.replace``)."""
-    tmp = Path(str(path) + ".tmp")
-    torch.save({"config": ae.get_config(), "state_dict": ae.state_dict(),
-                "optimizer": opt.state_dict() if opt is not None else None,
-                "iterations_done": st.iterations_done, "finished": st.finished, "history": st.history,
-                "fingerprint": st.fingerprint}, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save({"config": ae.get_config(), "state_dict": ae.state_dict(),
+                    "optimizer": opt.state_dict() if opt is not None else None,
+                    "iterations_done": st.iterations_done, "finished": st.finished, "history": st.history,
+                    "fingerprint": st.fingerprint}, tmp)
 
 
 def read_state_file(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

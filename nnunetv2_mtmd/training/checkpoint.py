@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from nnunetv2_mtmd.errors import InputDataError
+from nnunetv2_mtmd.io import atomic_file
 
 __all__ = ["AE_KEY", "NUMPY_SAFE_GLOBALS", "autoencoder_entry", "load_checkpoint_file", "restore_autoencoder",
            "save_atomic"]
@@ -64,14 +64,8 @@ def load_checkpoint_file(path: str | Path, map_location: torch.device | str = "c
 
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file next to ``path``, then rename it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def autoencoder_entry(ae: nn.Module, trained: bool) -> dict[str, Any]:
