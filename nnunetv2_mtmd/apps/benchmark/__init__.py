@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from nnunetv2_mtmd.compat import compute_fingerprint  # noqa: F401  (re-exported)
 from nnunetv2_mtmd.domains import CODE_CHANNEL_NAME, Domain, DomainLabel, DomainSpec
 from nnunetv2_mtmd.errors import InputDataError
 from nnunetv2_mtmd.schemes import benchmark_schemes
@@ -421,42 +422,6 @@ def _check_nnunet_paths(env: dict[str, str]) -> None:
                 f"nnunetv2 was imported before the benchmark set {var}={val} (it has {getattr(paths, var)}); "
                 "run the benchmark in a fresh process (nnUNetv2_mtmd_benchmark)."
             )
-
-
-def compute_fingerprint(dataset_name: str) -> dict[str, Any]:
-    """nnU-Net's dataset fingerprint, computed in this process.
-
-    Same per-case analysis (``DatasetFingerprintExtractor.analyze_case``) and aggregation as
-    ``nnUNetv2_extract_fingerprint``; only the spawn worker pool is skipped (its start-up, which
-    re-imports nnU-Net in every worker, costs 10-40 s on a busy 2-core machine, more than the work)."""
-    from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p, save_json
-    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import (
-        DatasetFingerprintExtractor,
-    )
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-    from nnunetv2.paths import nnUNet_preprocessed
-
-    fpe = DatasetFingerprintExtractor(dataset_name, 1)
-    first = next(iter(fpe.dataset.values()))["images"][0]
-    rw = determine_reader_writer_from_dataset_json(fpe.dataset_json, first)
-    n_samples = int(fpe.num_foreground_voxels_for_intensitystats // len(fpe.dataset))
-    results = [DatasetFingerprintExtractor.analyze_case(v["images"], v["label"], rw, n_samples)
-               for v in fpe.dataset.values()]
-    n_ch = len(fpe.dataset_json["channel_names"])
-    fg = [np.concatenate([r[2][i] for r in results]) for i in range(n_ch)]
-    stats = {}
-    for i in range(n_ch):
-        p005, med, p995 = np.percentile(fg[i], (0.5, 50.0, 99.5))
-        stats[i] = {"mean": float(np.mean(fg[i])), "median": float(med), "std": float(np.std(fg[i])),
-                    "min": float(np.min(fg[i])), "max": float(np.max(fg[i])),
-                    "percentile_99_5": float(p995), "percentile_00_5": float(p005)}
-    fingerprint = {"spacings": [r[1] for r in results], "shapes_after_crop": [r[0] for r in results],
-                   "foreground_intensity_properties_per_channel": stats,
-                   "median_relative_size_after_cropping": np.median([r[4] for r in results], 0)}
-    out = join(nnUNet_preprocessed, dataset_name)
-    maybe_mkdir_p(out)
-    save_json(fingerprint, join(out, "dataset_fingerprint.json"))
-    return fingerprint
 
 
 def preprocess_cases(dataset_name: str, plans: dict[str, Any], configuration: str,
