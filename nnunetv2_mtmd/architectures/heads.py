@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from nnunetv2_mtmd.architectures.dsbn import DomainAware
 from nnunetv2_mtmd.errors import DomainSpecError
 
-__all__ = ["OTHER_DOMAIN_LOGIT", "DomainHeads", "validate_domain_label_ids"]
+__all__ = ["OTHER_DOMAIN_LOGIT", "DomainHeads", "gather_unified", "unified_gather_table", "validate_domain_label_ids"]
 
 #: Logit written into the channels of the other domains' structures.
 OTHER_DOMAIN_LOGIT = -1000.0
@@ -55,15 +55,17 @@ def validate_domain_label_ids(
     for k, ids in enumerate(domain_label_ids):
         if not _is_list_like(ids) or not ids:
             raise DomainSpecError(
-                f"{where}[{k}]: expected a non-empty list of unified label ids, found {ids!r}.{hint}"
+                f"{where}[{k}]: expected a non-empty list of unified label ids (every domain has at least one "
+                f"foreground label), found {ids!r}.{hint}"
             )
         for i in ids:
             if isinstance(i, bool) or not isinstance(i, int) or i < 1:
-                raise DomainSpecError(f"{where}[{k}]: label ids must be integers >= 1, found {i!r}.{hint}")
+                raise DomainSpecError(f"{where}[{k}]: label ids must be integers >= 1, found {i!r} (0 is the "
+                                      f"background; foreground ids are unique across domains).{hint}")
             if i in seen:
                 raise DomainSpecError(
                     f"{where}[{k}]: unified label id {i} is also used by domain {seen[i]}; the label sets of "
-                    f"different domains must not overlap.{hint}"
+                    f"different domains must not overlap (every unified id unique across domains).{hint}"
                 )
             seen[i] = k
         out.append(tuple(int(i) for i in ids))
@@ -73,6 +75,38 @@ def validate_domain_label_ids(
             f"{sorted(seen)}.{hint}"
         )
     return tuple(out)
+
+
+def unified_gather_table(domain_label_ids: Sequence[Sequence[int]], num_classes: int) -> tuple[Tensor, Tensor, int]:
+    """Where each domain's head output goes in the unified label space.
+
+    The K per-domain outputs are computed as one tensor whose channels are the heads one after
+    another (head k: background, then ``domain_label_ids[k]``). Returns ``(index, valid, n)``:
+    ``index[k, c]`` (LongTensor ``(K, C)``) is the channel of that tensor holding unified channel ``c``
+    for domain ``k`` (0 where the domain has no such channel), ``valid[k, c]`` (BoolTensor ``(K, C)``)
+    says whether it has one, and ``n = sum_k (1 + len(ids_k))`` is the number of head channels. Used by
+    :class:`DomainHeads` and by the label autoencoder's output layer."""
+    k_dom = len(domain_label_ids)
+    index = torch.zeros(k_dom, num_classes, dtype=torch.long)
+    valid = torch.zeros(k_dom, num_classes, dtype=torch.bool)
+    offset = 0
+    for k, ids in enumerate(domain_label_ids):
+        chans = [0, *ids]
+        index[k, chans] = torch.arange(offset, offset + len(chans))
+        valid[k, chans] = True
+        offset += len(chans)
+    return index, valid, offset
+
+
+def gather_unified(y: Tensor, index: Tensor, valid: Tensor, domain_idx: Tensor) -> Tensor:
+    """Unified logits ``(B, C, *spatial)`` from the concatenated head outputs ``y`` ``(B, n, *spatial)``:
+    every sample's channels are gathered from its own domain's head (``domain_idx`` ``(B,)``, table of
+    :func:`unified_gather_table`); the other domains' channels are :data:`OTHER_DOMAIN_LOGIT`."""
+    b, c, spatial = y.shape[0], index.shape[1], y.shape[2:]
+    view = (b, c) + (1,) * len(spatial)
+    idx = index[domain_idx].view(view).expand(b, c, *spatial)
+    other = torch.full((), OTHER_DOMAIN_LOGIT, dtype=y.dtype, device=y.device)
+    return torch.where(valid[domain_idx].view(view), torch.gather(y, 1, idx), other)
 
 
 def _is_list_like(obj: object) -> bool:
@@ -128,16 +162,7 @@ class DomainHeads(DomainAware, nn.Module):
             )
         # gather table: for domain k and unified channel c, the channel of the concatenated head output
         # holding it (valid[k, c]) or a dummy 0 (not valid[k, c] -> OTHER_DOMAIN_LOGIT)
-        gather_idx = torch.zeros(self.num_domains, self.num_classes, dtype=torch.long)
-        valid = torch.zeros(self.num_domains, self.num_classes, dtype=torch.bool)
-        offset = 0
-        for k, ids in enumerate(self.domain_label_ids):
-            gather_idx[k, 0] = offset
-            valid[k, 0] = True
-            for j, c in enumerate(ids):
-                gather_idx[k, c] = offset + 1 + j
-                valid[k, c] = True
-            offset += 1 + len(ids)
+        gather_idx, valid, _ = unified_gather_table(self.domain_label_ids, self.num_classes)
         self.register_buffer("_gather_idx", gather_idx, persistent=False)
         self.register_buffer("_valid", valid, persistent=False)
 
@@ -155,9 +180,4 @@ class DomainHeads(DomainAware, nn.Module):
         weight = torch.cat([h.weight for h in self.heads], 0)
         bias = torch.cat([h.bias for h in self.heads], 0)
         y = _CONV_FN[self.conv_dim](x, weight, bias)  # (B, sum_k (1 + L_k), *spatial)
-        b, spatial = x.shape[0], x.shape[2:]
-        view = (b, self.num_classes) + (1,) * len(spatial)
-        idx = self._gather_idx[d].view(view).expand(b, self.num_classes, *spatial)
-        valid = self._valid[d].view(view)
-        other = torch.full((), OTHER_DOMAIN_LOGIT, dtype=y.dtype, device=y.device)
-        return torch.where(valid, torch.gather(y, 1, idx), other)
+        return gather_unified(y, self._gather_idx, self._valid, d)

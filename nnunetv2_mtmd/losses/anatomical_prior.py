@@ -1,4 +1,7 @@
-"""Multi-joint anatomical priors (MJAP): a multi-domain label autoencoder and the prior loss.
+"""Multi-joint anatomical priors (MJAP): the label autoencoder's training loss and the prior loss.
+
+The autoencoder itself is :class:`~nnunetv2_mtmd.architectures.label_autoencoder.LabelAutoencoder`
+(re-exported here, its former home).
 
 References
 ----------
@@ -36,18 +39,18 @@ and restores the autoencoder's state dict itself.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nnunetv2_mtmd.architectures.dsbn import (
-    DomainSpecificBatchNorm2d,
-    DomainSpecificBatchNorm3d,
-    set_domain_index,
+from nnunetv2_mtmd.architectures.label_autoencoder import (  # noqa: F401  (re-exported: older import path)
+    OTHER_DOMAIN_LOGIT,
+    LabelAutoencoder,
+    freeze,
+    labels_to_onehot,
+    reconstruction_dice,
 )
 from nnunetv2_mtmd.losses.contrastive import multi_scale_supcon_loss
 
@@ -61,326 +64,6 @@ __all__ = [
     "labels_to_onehot",
     "reconstruction_dice",
 ]
-
-#: Logit given to the channels of other domains (as the segmentation network's heads do).
-OTHER_DOMAIN_LOGIT = -1000.0
-
-_DIMS = {nn.Conv2d: 2, nn.Conv3d: 3}
-_NORMS = {2: DomainSpecificBatchNorm2d, 3: DomainSpecificBatchNorm3d}
-_CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_CONV_F = {2: F.conv2d, 3: F.conv3d}
-
-
-def labels_to_onehot(labels: Tensor, num_classes: int) -> Tensor:
-    """One-hot encode an integer label map.
-
-    Args:
-        labels: ``(B, 1, X, Y)`` or ``(B, X, Y)`` integer unified label ids in ``[0, num_classes)``
-            (3D: one more spatial axis). Not range-checked (that would synchronise with the device).
-        num_classes: C, the number of unified classes (background included).
-
-    Returns:
-        ``(B, C, X, Y)`` float32 one-hot tensor.
-    """
-    if labels.dtype.is_floating_point:
-        labels = labels.round()
-    labels = labels.long()
-    if labels.dim() >= 4 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    shape = (labels.shape[0], num_classes, *labels.shape[1:])
-    out = torch.zeros(shape, dtype=torch.float32, device=labels.device)
-    return out.scatter_(1, labels[:, None], 1.0)
-
-
-def _per_dim(value: int | Sequence[int], dim: int, what: str) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        out = (value,) * dim
-    else:
-        out = tuple(int(v) for v in value)
-    if len(out) != dim or any(v < 1 for v in out):
-        raise ValueError(
-            f"LabelAutoencoder: {what} must be a positive int or {dim} positive ints, got {value!r}."
-        )
-    return out
-
-
-class _ConvNormAct(nn.Sequential):
-    """conv (no bias) -> DSBN -> LeakyReLU."""
-
-    def __init__(
-        self,
-        dim: int,
-        cin: int,
-        cout: int,
-        kernel: tuple[int, ...],
-        stride: tuple[int, ...],
-        norm_kwargs: dict,
-        slope: float,
-    ) -> None:
-        conv = (nn.Conv2d if dim == 2 else nn.Conv3d)(
-            cin, cout, kernel, stride=stride, padding=tuple(k // 2 for k in kernel), bias=False
-        )
-        super().__init__(conv, _NORMS[dim](cout, **norm_kwargs), nn.LeakyReLU(slope, inplace=True))
-
-
-class LabelAutoencoder(nn.Module):
-    """Multi-joint (multi-domain) label autoencoder of Boutillon et al. 2022 (MJAP), no skip connections.
-
-    Architecture (``S = len(features)`` stages)::
-
-        input  (B, C_unified, X, Y)  one-hot (ground truth) or softmax (prediction), unified space
-        enc 0  domain-specific conv k x k, stride strides[0], (1 + n_k) -> features[0]; DSBN; LeakyReLU;
-               then (convs_per_stage - 1) x [shared conv; DSBN; LeakyReLU]
-        enc s  shared conv stride strides[s], features[s-1] -> features[s]; DSBN; LeakyReLU; + repeats
-        code   output of the last encoder stage: (B, features[-1], X / prod(strides), Y / prod(strides))
-        dec s  for s = S-1 .. 1: transposed conv (kernel = stride = strides[s]) features[s] ->
-               features[s-1]; DSBN; LeakyReLU; convs_per_stage x [shared conv; DSBN; LeakyReLU]
-               (and one more such stage back to full resolution when strides[0] > 1)
-        output domain-specific 1x1 conv features[0] -> 1 + n_k, written into the unified channels
-               [0] + ids_k; the other domains' channels are OTHER_DOMAIN_LOGIT (-1000)
-
-    All convolutions are shared between domains except the input and output layers; every
-    normalization is a DSBN (per-domain statistics and affine parameters). The per-domain layers
-    are vectorised: the input layer is ONE grouped convolution whose per-sample weights are gathered
-    from a ``(K, F0, C_unified, k, k)`` tensor masked to each domain's channels (so a domain's input
-    layer only ever sees its own classes: masked weights get zero gradient and never act), and the
-    output layer is ONE 1x1 convolution computing all K heads followed by a gather into the unified
-    channels.
-
-    The spatial size of the input must be divisible by the total stride ``prod(strides)`` per axis
-    (8 for the defaults); the trainer feeds nnU-Net patches, whose sizes are divisible by
-    ``2 ** n_pool``, or pads/crops them.
-
-    Args:
-        domain_label_ids: for each domain k (in domain order), its unified foreground label ids
-            (``DomainSpec`` order; background 0 is implicit). Ids must be unique across domains.
-        features: channels per stage; default ``(16, 32, 64, 64)`` (small, 2D).
-        strides: stride per stage (int or per-axis tuple); default ``(1, 2, 2, 2)``.
-        conv_op: ``nn.Conv2d`` (default) or ``nn.Conv3d``.
-        kernel_size: odd kernel size of the 3x3 convolutions.
-        convs_per_stage: convolutions per encoder/decoder stage.
-        num_classes: C_unified; default ``1 + max(all ids)``.
-        negative_slope: LeakyReLU slope (nnU-Net uses 0.01).
-        norm_eps, norm_momentum: DSBN eps (1e-5, as in the paper) and momentum.
-    """
-
-    def __init__(
-        self,
-        domain_label_ids: Sequence[Sequence[int]],
-        features: Sequence[int] = (16, 32, 64, 64),
-        strides: Sequence[int | Sequence[int]] = (1, 2, 2, 2),
-        conv_op: type[nn.Module] = nn.Conv2d,
-        kernel_size: int = 3,
-        convs_per_stage: int = 2,
-        num_classes: int | None = None,
-        negative_slope: float = 0.01,
-        norm_eps: float = 1e-5,
-        norm_momentum: float = 0.1,
-    ) -> None:
-        super().__init__()
-        if conv_op not in _DIMS:
-            raise ValueError(f"LabelAutoencoder: conv_op must be nn.Conv2d or nn.Conv3d, got {conv_op!r}.")
-        dim = _DIMS[conv_op]
-        ids = [[int(i) for i in d] for d in domain_label_ids]
-        if not ids or any(len(d) == 0 for d in ids):
-            raise ValueError(
-                f"LabelAutoencoder: domain_label_ids must list at least one domain, each with at least one "
-                f"foreground label id; got {domain_label_ids!r}."
-            )
-        flat = [i for d in ids for i in d]
-        if any(i < 1 for i in flat) or len(set(flat)) != len(flat):
-            raise ValueError(
-                f"LabelAutoencoder: domain_label_ids must be unified foreground ids (>= 1) that are unique "
-                f"across domains; got {ids!r}."
-            )
-        if num_classes is None:
-            num_classes = 1 + max(flat)
-        if max(flat) >= num_classes:
-            raise ValueError(
-                f"LabelAutoencoder: label id {max(flat)} does not fit num_classes={num_classes} "
-                "(background 0 + unified ids)."
-            )
-        features = [int(f) for f in features]
-        if len(features) < 1 or len(strides) != len(features) or any(f < 1 for f in features):
-            raise ValueError(
-                f"LabelAutoencoder: features and strides must be non-empty and of equal length; got "
-                f"features={features!r}, strides={strides!r}."
-            )
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"LabelAutoencoder: kernel_size must be odd, got {kernel_size!r}.")
-        if convs_per_stage < 1:
-            raise ValueError(f"LabelAutoencoder: convs_per_stage must be >= 1, got {convs_per_stage!r}.")
-
-        k_dom = len(ids)
-        self.dim = dim
-        self.num_domains = k_dom
-        self.num_classes = int(num_classes)
-        self.domain_label_ids = ids
-        self.features = features
-        self.strides = [_per_dim(s, dim, f"strides[{i}]") for i, s in enumerate(strides)]
-        self.total_stride = tuple(math.prod(s[a] for s in self.strides) for a in range(dim))
-        self._config: dict[str, Any] = {
-            "domain_label_ids": ids,
-            "features": features,
-            "strides": [list(s) for s in self.strides],
-            "dim": dim,
-            "kernel_size": int(kernel_size),
-            "convs_per_stage": int(convs_per_stage),
-            "num_classes": self.num_classes,
-            "negative_slope": float(negative_slope),
-            "norm_eps": float(norm_eps),
-            "norm_momentum": float(norm_momentum),
-        }
-        kernel = (kernel_size,) * dim
-        nkw = {"num_domains": k_dom, "eps": norm_eps, "momentum": norm_momentum, "affine": True}
-
-        # ---- domain channel bookkeeping (derived from the constructor: not saved in the state dict)
-        channel_mask = torch.zeros(k_dom, self.num_classes, dtype=torch.bool)
-        out_index = torch.zeros(k_dom, self.num_classes, dtype=torch.long)
-        offset = 0
-        for k, d in enumerate(ids):
-            chans = [0, *d]
-            channel_mask[k, chans] = True
-            out_index[k, chans] = torch.arange(offset, offset + len(chans))
-            offset += len(chans)
-        self.register_buffer("domain_channel_mask", channel_mask, persistent=False)  # (K, C)
-        self.register_buffer("_out_index", out_index, persistent=False)  # (K, C)
-        self._num_head_channels = offset
-
-        # ---- domain-specific input layer: (K, F0, C, k, k), masked to each domain's channels
-        f0 = features[0]
-        w = torch.zeros(k_dom, f0, self.num_classes, *kernel)
-        for k, d in enumerate(ids):
-            wk = torch.empty(f0, 1 + len(d), *kernel)
-            nn.init.kaiming_normal_(wk, a=negative_slope)  # fan_in = (1 + n_k) * k^dim
-            w[k][:, [0, *d]] = wk
-        self.input_weight = nn.Parameter(w)
-        self.register_buffer(
-            "_input_weight_mask",
-            channel_mask.view(k_dom, 1, self.num_classes, *(1,) * dim).float(),
-            persistent=False,
-        )
-        self.input_stride = self.strides[0]
-        self.input_padding = tuple(kk // 2 for kk in kernel)
-        self.input_norm = _NORMS[dim](f0, **nkw)
-        self.input_act = nn.LeakyReLU(negative_slope, inplace=True)
-
-        # ---- shared encoder
-        self.encoder = nn.ModuleList()
-        ones = (1,) * dim
-
-        def cna(cin: int, cout: int, stride: tuple[int, ...] = ones) -> nn.Module:
-            return _ConvNormAct(dim, cin, cout, kernel, stride, nkw, negative_slope)
-
-        for s, f in enumerate(features):
-            # stage 0 starts with the domain-specific input layer (applied in encode_stages)
-            blocks: list[nn.Module] = []
-            if s > 0:
-                blocks.append(cna(features[s - 1], f, self.strides[s]))
-            blocks += [cna(f, f) for _ in range(convs_per_stage - 1)]
-            self.encoder.append(nn.Sequential(*blocks))
-
-        # ---- shared decoder (no skip connections)
-        self.decoder = nn.ModuleList()
-        for s in reversed(range(len(features))):
-            if s == 0 and all(v == 1 for v in self.strides[0]):
-                break
-            cin, cout = features[s], features[max(s - 1, 0)]
-            up = _CONV_T[dim](cin, cout, self.strides[s], stride=self.strides[s], bias=False)
-            blocks = [up, _NORMS[dim](cout, **nkw), nn.LeakyReLU(negative_slope, inplace=True)]
-            blocks += [cna(cout, cout) for _ in range(convs_per_stage)]
-            self.decoder.append(nn.Sequential(*blocks))
-
-        # ---- domain-specific output layer: all K heads in one 1x1 conv, gathered per sample
-        self.output_conv = conv_op(f0, self._num_head_channels, 1, bias=True)
-
-    # ------------------------------------------------------------------------------- config I/O
-    def get_config(self) -> dict[str, Any]:
-        """JSON-serialisable constructor arguments; :meth:`from_config` rebuilds the same module."""
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._config.items()}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> LabelAutoencoder:
-        cfg = dict(config)
-        dim = cfg.pop("dim", 2)
-        return cls(conv_op=nn.Conv2d if dim == 2 else nn.Conv3d, **cfg)
-
-    # ------------------------------------------------------------------------------- forward
-    def _check(self, x: Tensor, domain_idx: Tensor) -> Tensor:
-        if x.dim() != self.dim + 2 or x.shape[1] != self.num_classes:
-            raise ValueError(
-                f"LabelAutoencoder: expected input (B, {self.num_classes}, "
-                f"{', '.join('XYZ'[: self.dim])}) in the unified label space, got {tuple(x.shape)}."
-            )
-        bad = [a for a in range(self.dim) if x.shape[2 + a] % self.total_stride[a] != 0]
-        if bad:
-            raise ValueError(
-                f"LabelAutoencoder: spatial size {tuple(x.shape[2:])} is not divisible by the total "
-                f"stride {self.total_stride}; pad or crop the patch to a multiple of it."
-            )
-        if not isinstance(domain_idx, Tensor) or domain_idx.dim() != 1 or domain_idx.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"LabelAutoencoder: domain_idx must be a (B,) = ({x.shape[0]},) tensor of domain indices, "
-                f"got {domain_idx!r}."
-            )
-        return domain_idx.to(device=x.device, dtype=torch.long)
-
-    def encode_stages(self, onehot: Tensor, domain_idx: Tensor) -> list[Tensor]:
-        """Encoder stage outputs, high to low resolution; the last one is the code.
-
-        Args:
-            onehot: ``(B, C_unified, X, Y)`` one-hot labels or class probabilities (unified space);
-                only channels ``[0] + ids_k`` of each sample's domain k are read.
-            domain_idx: ``(B,)`` int64 domain index per sample.
-
-        Returns:
-            ``S`` tensors ``(B, features[s], X_s, Y_s)``.
-        """
-        d = self._check(onehot, domain_idx)
-        set_domain_index(self, d)
-        b = onehot.shape[0]
-        w = (self.input_weight * self._input_weight_mask)[d]  # (B, F0, C, k, k)
-        w = w.reshape(b * w.shape[1], *w.shape[2:])
-        x = onehot.reshape(1, b * onehot.shape[1], *onehot.shape[2:]).to(w.dtype)
-        h = _CONV_F[self.dim](x, w, None, self.input_stride, self.input_padding, 1, b)
-        h = h.reshape(b, -1, *h.shape[2:])
-        h = self.input_act(self.input_norm(h))
-        feats = []
-        for stage in self.encoder:
-            h = stage(h)
-            feats.append(h)
-        return feats
-
-    def encode(self, onehot: Tensor, domain_idx: Tensor) -> Tensor:
-        """The code F(y): the bottleneck feature map ``(B, features[-1], X / stride, Y / stride)``."""
-        return self.encode_stages(onehot, domain_idx)[-1]
-
-    def decode(self, code: Tensor, domain_idx: Tensor) -> Tensor:
-        """Reconstruction logits ``(B, C_unified, X, Y)`` from a code; other domains' channels are -1000."""
-        d = domain_idx.to(device=code.device, dtype=torch.long)
-        set_domain_index(self, d)
-        h = code
-        for stage in self.decoder:
-            h = stage(h)
-        heads = self.output_conv(h)  # (B, sum_k (1 + n_k), X, Y)
-        extra = (1,) * self.dim
-        index = self._out_index[d].view(d.shape[0], self.num_classes, *extra).expand(-1, -1, *heads.shape[2:])
-        logits = torch.gather(heads, 1, index)
-        valid = self.domain_channel_mask[d].view(d.shape[0], self.num_classes, *extra)
-        return logits.masked_fill(~valid, OTHER_DOMAIN_LOGIT)
-
-    def forward(self, onehot: Tensor, domain_idx: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Args:
-            onehot: ``(B, C_unified, X, Y)`` one-hot / probabilities in the unified space.
-            domain_idx: ``(B,)`` int64 domain index per sample.
-
-        Returns:
-            ``(logits (B, C_unified, X, Y), encoder_features)``: reconstruction logits with
-            -1000 in other domains' channels, and the S encoder stage outputs (the last is the code).
-        """
-        feats = self.encode_stages(onehot, domain_idx)
-        return self.decode(feats[-1], domain_idx), feats
-
 
 def autoencoder_loss(
     ae: LabelAutoencoder,
@@ -416,39 +99,6 @@ def autoencoder_loss(
     return total, ce, msc
 
 
-@torch.no_grad()
-def reconstruction_dice(ae: LabelAutoencoder, onehot: Tensor, domain_idx: Tensor) -> float:
-    """Mean foreground Dice of ``argmax(ae(onehot))`` against the input labels (for logging).
-
-    Runs in eval mode (running statistics; the module's mode is restored afterwards). The mean is
-    over (sample, foreground class of the sample's domain) pairs in which the class is present in
-    the input or the reconstruction; pairs where it is absent from both are left out. Returns NaN
-    when no pair is left.
-
-    Args:
-        onehot: ``(B, C_unified, X, Y)`` one-hot labels; domain_idx: ``(B,)`` int64.
-    """
-    was_training = ae.training
-    ae.eval()
-    try:
-        logits, _ = ae(onehot, domain_idx)
-    finally:
-        ae.train(was_training)
-    c = onehot.shape[1]
-    pred = F.one_hot(logits.argmax(1), c).movedim(-1, 1).float()  # (B, C, X, Y)
-    gt = F.one_hot(onehot.argmax(1), c).movedim(-1, 1).float()
-    dims = tuple(range(2, onehot.dim()))
-    inter = (pred * gt).sum(dims)
-    denom = pred.sum(dims) + gt.sum(dims)  # (B, C)
-    fg = ae.domain_channel_mask[domain_idx.to(ae.domain_channel_mask.device).long()].clone()
-    fg[:, 0] = False
-    fg = fg.to(denom.device) & (denom > 0)
-    if not fg.any():
-        return float("nan")
-    dice = 2 * inter[fg] / denom[fg]
-    return float(dice.mean())
-
-
 class AnatomicalPriorLoss(nn.Module):
     """MJAP loss: distance between the codes of the ground truth and of the prediction.
 
@@ -481,10 +131,7 @@ class AnatomicalPriorLoss(nn.Module):
         if reduction not in ("mean", "sum"):
             raise ValueError(f"AnatomicalPriorLoss: reduction must be 'mean' or 'sum', got {reduction!r}.")
         self.reduction = reduction
-        self.autoencoder = autoencoder
-        for p in self.autoencoder.parameters():
-            p.requires_grad_(False)
-        self.autoencoder.eval()
+        self.autoencoder = freeze(autoencoder)
 
     def train(self, mode: bool = True) -> AnatomicalPriorLoss:
         """Set this module's mode; the frozen autoencoder always stays in eval mode."""

@@ -36,14 +36,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from nnunetv2_mtmd.errors import InputDataError
-from nnunetv2_mtmd.io import atomic_file
-from nnunetv2_mtmd.losses.anatomical_prior import (
+from nnunetv2_mtmd.architectures.label_autoencoder import (
     LabelAutoencoder,
-    autoencoder_loss,
+    freeze,
     labels_to_onehot,
     reconstruction_dice,
 )
+from nnunetv2_mtmd.errors import InputDataError
+from nnunetv2_mtmd.io import atomic_file
+from nnunetv2_mtmd.losses.anatomical_prior import autoencoder_loss
 
 AE_FILE = "label_autoencoder.pth"
 AE_PARTIAL_FILE = "label_autoencoder_partial.pth"
@@ -125,12 +126,6 @@ def _matching(path: Path, fingerprint: dict[str, Any], log: Callable[[str], None
     return False
 
 
-def _freeze(ae: LabelAutoencoder) -> None:
-    ae.eval()
-    for p in ae.parameters():
-        p.requires_grad_(False)
-
-
 def train_autoencoder(
     ae: LabelAutoencoder,
     train_batches: Iterator[dict],
@@ -168,7 +163,7 @@ def train_autoencoder(
         done = read_state_file(final)
         if bool(done.get("finished")) and int(done.get("iterations_done", -1)) == iterations:
             st = load_state(final, ae, None, device)
-            _freeze(ae)
+            freeze(ae)
             log(f"MJAP autoencoder: reusing the finished autoencoder {final} ({st.iterations_done} iterations); "
                 "delete it to train it again.")
             return st
@@ -219,7 +214,7 @@ def train_autoencoder(
     st.finished = True
     if distributed:
         broadcast_module_state(ae)
-    _freeze(ae)
+    freeze(ae)
     if is_main:
         save_state(final, ae, None, st)
         if partial.is_file():

@@ -40,7 +40,8 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
 
     def initialize(self):
         super().initialize()
-        from nnunetv2_mtmd.losses.anatomical_prior import AnatomicalPriorLoss, LabelAutoencoder
+        from nnunetv2_mtmd.architectures.label_autoencoder import LabelAutoencoder
+        from nnunetv2_mtmd.losses.anatomical_prior import AnatomicalPriorLoss
         from nnunetv2_mtmd.losses.combined import RegularizedLoss
         from nnunetv2_mtmd.losses.contrastive import MultiScaleContrastiveLoss
 
@@ -133,6 +134,7 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
 
     def load_checkpoint(self, filename_or_checkpoint):
         super().load_checkpoint(filename_or_checkpoint)
+        from nnunetv2_mtmd.architectures.label_autoencoder import freeze
         from nnunetv2_mtmd.training.checkpoint import AE_KEY, load_checkpoint_file, restore_autoencoder
 
         ckpt = filename_or_checkpoint
@@ -143,9 +145,7 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
             if ckpt.get(AE_KEY) is not None:
                 self.autoencoder_trained = restore_autoencoder(self.autoencoder, ckpt[AE_KEY], where)
                 if self.autoencoder_trained:
-                    self.autoencoder.eval()
-                    for p in self.autoencoder.parameters():
-                        p.requires_grad_(False)
+                    freeze(self.autoencoder)
         for k in EXTRA_LOG_KEYS:  # a checkpoint without a key (older version) gets NaN for its epochs
             values = self.logger.local_logger.my_fantastic_logging.setdefault(k, [])
             values.extend([np.nan] * (self.current_epoch - len(values)))
