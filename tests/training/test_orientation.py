@@ -6,7 +6,7 @@ import pytest
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_mtmd.apps.study import StudyBudget
+from nnunetv2_mtmd.training.budget import StudyBudget
 from nnunetv2_mtmd.training.orientation import FixedOrientationDA, fixed_orientation_params
 
 
@@ -94,7 +94,7 @@ def test_study_budget_switches_every_scheme_including_individual(nnunet_dirs, mo
 
 @pytest.mark.parametrize("raw, expected", [(None, None), ("", None), ("1", 1), ("3", 3)])
 def test_study_torch_threads_reads_the_environment(raw, expected):
-    from nnunetv2_mtmd.apps.study import THREADS_ENV
+    from nnunetv2_mtmd.training.budget import THREADS_ENV
     from nnunetv2_mtmd.training.trainers.study import study_torch_threads
 
     assert study_torch_threads({} if raw is None else {THREADS_ENV: raw}) == expected
@@ -102,7 +102,7 @@ def test_study_torch_threads_reads_the_environment(raw, expected):
 
 @pytest.mark.parametrize("raw", ["0", "-2", "two", "1.5"])
 def test_study_torch_threads_refuses_bad_values(raw):
-    from nnunetv2_mtmd.apps.study import THREADS_ENV
+    from nnunetv2_mtmd.training.budget import THREADS_ENV
     from nnunetv2_mtmd.training.trainers.study import study_torch_threads
 
     with pytest.raises(ValueError, match=f"{THREADS_ENV} must be a positive integer.*found '{raw}'"):
@@ -111,7 +111,7 @@ def test_study_torch_threads_refuses_bad_values(raw):
 
 def test_study_trainer_sets_torch_threads_from_the_environment(nnunet_dirs, monkeypatch):
     """nnUNetv2_train -device cpu sets every core; a study training of --jobs 2 must use its share."""
-    from nnunetv2_mtmd.apps.study import THREADS_ENV
+    from nnunetv2_mtmd.training.budget import THREADS_ENV
     from nnunetv2_mtmd.training.trainers.study import nnUNetTrainer_study
 
     before = torch.get_num_threads()
