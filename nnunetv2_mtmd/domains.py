@@ -1,4 +1,4 @@
-"""The domain block of a merged multi-domain dataset.json (DESIGN.md, decisions 1-3).
+"""The domain block of a merged multi-domain dataset.json (docs/design.md, "The domain block").
 
 A merged dataset has one unified label space: background 0, then each domain's labels in domain
 order, named ``<domain>_<label>``. The domain of an image travels as its LAST input channel, a

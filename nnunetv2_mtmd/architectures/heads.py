@@ -2,11 +2,11 @@
 
 Boutillon et al. (MICCAI 2021) give every domain its own 1x1 output layer predicting background +
 that domain's structures. Here each head's logits are written into the unified label space of the
-merged dataset (DESIGN.md, decision 4): for a sample of domain ``k`` channel 0 holds head k's
-background logit, channels ``domain_label_ids[k]`` hold head k's label logits and every other channel
-is exactly :data:`OTHER_DOMAIN_LOGIT` (-1000). nnU-Net's loss, argmax, softmax export and validation
-then work unchanged (softmax of -1000 is 0 in fp16 and fp32; -1e4 would overflow nnU-Net's fp16
-prediction buffers).
+merged dataset (docs/design.md, "The network is described by the plans"): for a sample of domain
+``k`` channel 0 holds head k's background logit, channels ``domain_label_ids[k]`` hold head k's
+label logits and every other channel is exactly :data:`OTHER_DOMAIN_LOGIT` (-1000). nnU-Net's loss,
+argmax, softmax export and validation then work unchanged (softmax of -1000 is 0 in fp16 and fp32;
+-1e4 would overflow nnU-Net's fp16 prediction buffers).
 
 ``shared=True`` gives the paper's "shared" scheme instead: one head over all unified classes, the
 domain is ignored.

@@ -1,6 +1,7 @@
 """Merge K ordinary nnU-Net raw datasets (one per domain) into one multi-domain raw dataset.
 
-This is ``nnUNetv2_mtmd_merge`` (DESIGN.md, decisions 1-3). Given sources such as::
+This is ``nnUNetv2_mtmd_merge`` (docs/design.md, "Unified label space", "The domain block",
+"Domain code channel"). Given sources such as::
 
     nnUNet_raw/Dataset901_LumbarVertebraeMR/{dataset.json, imagesTr/, labelsTr/[, imagesTs/, labelsTs/]}
     nnUNet_raw/Dataset902_SacroiliacMR/...

@@ -1,7 +1,7 @@
 """Turn a folder of new cases of one domain into ``nnUNetv2_predict`` input (``nnUNetv2_mtmd_prepare_input``).
 
-A multi-domain model reads the domain of an image from its LAST input channel (DESIGN.md,
-decision 3). New cases come as ordinary nnU-Net input, ``IN/<case>_0000<ending>`` ...
+A multi-domain model reads the domain of an image from its LAST input channel (docs/design.md,
+"Domain code channel"). New cases come as ordinary nnU-Net input, ``IN/<case>_0000<ending>`` ...
 ``IN/<case>_{C-1:04d}<ending>`` with the ``C`` image channels of the merged dataset. This module
 writes ``OUT/<case>_0000<ending>`` ... (byte-for-byte copies) plus ``OUT/<case>_{C:04d}<ending>``,
 a float32 image with the geometry of channel 0 whose every voxel is the domain code (domain index

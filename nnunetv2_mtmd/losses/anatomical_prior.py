@@ -19,10 +19,10 @@ References
 
 Label space
 -----------
-Everything here works in the UNIFIED label space of a merged dataset (DESIGN.md, decision 1):
+Everything here works in the UNIFIED label space of a merged dataset (docs/design.md, "Unified label space"):
 channel 0 is background, then each domain's labels. Domain ``k`` owns the channels
 ``[0] + domain_label_ids[k]``. Outputs fill the channels of other domains with
-:data:`OTHER_DOMAIN_LOGIT` (-1000), like the segmentation network (decision 4), so that softmax,
+:data:`OTHER_DOMAIN_LOGIT` (-1000), like the segmentation network, so that softmax,
 cross-entropy and argmax over the unified channels equal those over the domain's own channels
 (``exp(-1000)`` is exactly 0 in float32 and float64).
 

@@ -35,7 +35,7 @@ THREADS_ENV = "MTMD_TORCH_THREADS"
 
 @dataclass(frozen=True)
 class StudyBudget:
-    """The compute budget, identical for every scheme (equal exposure, DESIGN.md "Budgets").
+    """The compute budget, identical for every scheme (equal exposure, docs/design.md, "Budgets in comparisons").
 
     ``iterations`` (``I``) is the number of training iterations of ONE Individual model; a model
     trained on K domains gets ``K * I`` (same batch size, ``batch_size / K`` samples per domain), so

@@ -30,7 +30,7 @@ JOINTS = {
 def make_spec(
     domains: dict[str, list[str]] | None = None, num_cases: dict[str, int] | None = None
 ) -> DomainSpec:
-    """A merged-dataset domain block: unified ids 1.. in domain order (DESIGN.md decision 1)."""
+    """A merged-dataset domain block: unified ids 1.. in domain order (docs/design.md, "Unified label space")."""
     domains = domains or JOINTS
     out, uid = [], 1
     for i, (name, labels) in enumerate(domains.items()):

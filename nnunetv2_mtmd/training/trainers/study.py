@@ -1,8 +1,8 @@
 """Budget trainers of the real-data ablation study (``nnUNetv2_mtmd_study``, docs/study.md).
 
 One trainer per scheme, ``<scheme trainer>_study``, plus ``nnUNetTrainer_study``: stock nnU-Net
-(the Individual baseline) with the same budget. The budget is equal exposure (DESIGN.md, "Budgets in
-comparisons"; Boutillon et al. kept batch size, epochs and learning rate fixed across schemes): with
+(the Individual baseline) with the same budget. The budget is equal exposure (docs/design.md, "Budgets
+in comparisons"; Boutillon et al. kept batch size, epochs and learning rate fixed across schemes): with
 ``I`` iterations for a model trained on one domain, a model trained on K domains runs ``K * I``
 iterations with the same batch size, so each domain's samples are seen equally often. Both run the
 same number of epochs (same poly learning-rate schedule). Checkpoints are written every epoch so a
