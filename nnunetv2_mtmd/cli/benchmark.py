@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from nnunetv2_mtmd.cli.common import HelpFormatter, run
 from nnunetv2_mtmd.errors import InputDataError, OutputExistsError
@@ -20,15 +21,15 @@ Measure, in one run and side by side, on a merged synthetic three-joint dataset 
 planned with nnUNetPlannerMTMD and preprocessed inside a temporary folder):
   - training iteration time (forward, loss, backward, optimizer step; data loading excluded) of
     nnUNetTrainerMTMD_DSL, nnUNetTrainerMTMD_DSL_MSC and nnUNetTrainerMTMD against stock
-    nnUNetTrainer with the same plans-derived network size, batch size and patch size
-    (targets <= 1.05x, 1.08x, 1.35x);
-  - nnUNetv2_predict wall time on the same cases, MTMD model vs stock model (target <= 1.05x);
-  - peak memory of a training iteration, MTMD vs stock (target <= 1.10x);
-  - DSL iteration time with K = 2, 5, 10 synthetic domains at equal batch size (K=10/K=2 <= 1.10x).
+    nnUNetTrainer with the same plans-derived network size, batch size and patch size;
+  - nnUNetv2_predict time on the same cases, MTMD model vs stock model;
+  - peak memory of a training iteration, MTMD vs stock;
+  - DSL iteration time with K = 2, 5, 10 synthetic domains at equal batch size (K=10 / K=2).
 Timings are interleaved between the compared variants, after warm-up; the table shows medians and
 the ratios are medians of the per-round ratios (runs of one round are seconds apart). Prints one table;
 --json writes {"train_step_ratio": {"DSL", "DSL_MSC", "MTMD"}, "inference_ratio", "memory_ratio",
-"k_scaling_ratio", "details": {...raw numbers...}}. Method: docs/benchmarks.md.
+"k_scaling_ratio", "details": {...raw numbers...}}. The targets of the ratios, the method and
+measured numbers: docs/benchmarks.md.
 
 The full run takes about 5 minutes on 2 CPU cores; --quick (tiny shapes, 1-2 repeats) checks that
 everything works in about a minute, its numbers are not meaningful.
@@ -84,23 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    for name in ("json", "device", "repeats", "warmup", "batch_size", "k_repeats", "predict_repeats", "threads",
-                 "clock", "workdir"):
-        if not hasattr(args, name):
-            setattr(args, name, None)
-    from nnunetv2_mtmd.apps.benchmark import (
-        BenchmarkSettings,
-        check_result,
-        format_table,
-        run_benchmark,
-        table_rows,
-        write_json,
-    )
+def _settings(args: argparse.Namespace) -> Any:
+    """The :class:`~nnunetv2_mtmd.apps.benchmark.BenchmarkSettings` the options ask for (validated)."""
+    from nnunetv2_mtmd.apps.benchmark import BenchmarkSettings
 
-    if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
-        raise OutputExistsError(f"--workdir {args.workdir} exists and is not empty; give a new or empty folder.")
     device = args.device or _default_device()
     if device == "cuda":
         import torch
@@ -118,7 +106,37 @@ def _main(argv: Sequence[str] | None) -> int:
     settings.threads = args.threads
     settings.clock = args.clock
     settings.validate()
+    return settings
 
+
+def _print_result(result: Any, settings: Any) -> None:
+    """The console report: one line on machine and dataset, the table, its footer, the total time."""
+    from nnunetv2_mtmd.apps.benchmark import TABLE_FOOTER, format_table, table_rows
+
+    info = result.to_json()["details"]
+    print()
+    print(f"nnUNetv2_mtmd_benchmark on {info['device']} ({info['device_name']}, {info['cpu_count']} CPUs, "
+          f"{info['torch_threads']} torch threads, torch {info['torch_version']}); dataset {info['dataset']}: "
+          f"patch {info['patch_size']}, batch {info['batch_size']}, {info['n_stages']} stages, "
+          f"{info['num_domains']} domains; medians ({info['clock']} time) of {settings.repeats} iterations after "
+          f"{settings.warmup} warm-up"
+          + (" [--quick: numbers are not meaningful]" if settings.quick else ""))
+    print(format_table(table_rows(result)))
+    print(TABLE_FOOTER)
+    print(f"total {info['total_s']:.0f} s")
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("json", "device", "repeats", "warmup", "batch_size", "k_repeats", "predict_repeats", "threads",
+                 "clock", "workdir"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    from nnunetv2_mtmd.apps.benchmark import check_result, run_benchmark, write_json
+
+    if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
+        raise OutputExistsError(f"--workdir {args.workdir} exists and is not empty; give a new or empty folder.")
+    settings = _settings(args)
     if args.workdir is not None:
         workdir = args.workdir.resolve()
         if workdir.exists() and any(workdir.iterdir()):
@@ -132,17 +150,8 @@ def _main(argv: Sequence[str] | None) -> int:
     finally:
         if cleanup:
             shutil.rmtree(workdir, ignore_errors=True)
+    _print_result(result, settings)
     out = result.to_json()
-    info = out["details"]
-    print()
-    print(f"nnUNetv2_mtmd_benchmark on {info['device']} ({info['device_name']}, {info['cpu_count']} CPUs, "
-          f"{info['torch_threads']} torch threads, torch {info['torch_version']}); dataset {info['dataset']}: "
-          f"patch {info['patch_size']}, batch {info['batch_size']}, {info['n_stages']} stages, "
-          f"{info['num_domains']} domains; medians ({info['clock']} time) of {settings.repeats} iterations after "
-          f"{settings.warmup} warm-up"
-          + (" [--quick: numbers are not meaningful]" if settings.quick else ""))
-    print(format_table(table_rows(result)))
-    print(f"total {info['total_s']:.0f} s")
     problems = check_result(out)
     if args.json is not None:
         write_json(out, args.json)

@@ -1,0 +1,82 @@
+"""The process environment of a benchmark run, and keeping nnU-Net's console output off the console.
+
+The benchmark runs nnU-Net in its own process (planner, preprocessing, trainers, predictor), and
+nnU-Net takes its folders only from ``os.environ``: none of these has an argument for them.
+``nnunetv2.paths`` (2.8) reads ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` from
+``os.environ`` at every use (its ``_EnvPath`` objects; earlier releases read them once, at import),
+and ``nnUNetTrainer`` reads ``nnUNet_compile`` when it is initialised. So the variables must hold the
+run's folders for as long as nnU-Net works, and nothing else in the process should see them:
+:func:`benchmark_environment` sets exactly these four for the duration of :func:`.run.run_benchmark`
+and puts the previous values back afterwards (tests/apps/test_benchmark.py checks that nnU-Net
+follows them in and out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from nnunetv2_mtmd.apps.workspace import nnunet_folders
+
+
+@contextlib.contextmanager
+def benchmark_environment(workdir: Path) -> Iterator[dict[str, str]]:
+    """Set ``nnUNet_raw/preprocessed/results`` (folders inside ``workdir``, created) and
+    ``nnUNet_compile=f`` in ``os.environ`` for the block; restore the previous values afterwards.
+
+    ``nnUNet_compile=f``: torch.compile is off for the MTMD trainers (domain-dependent graphs), so the
+    stock trainer must not compile either, or the ratios would compare compiled with eager code.
+    Yields the three folder variables."""
+    folders = nnunet_folders(workdir)
+    for folder in folders.values():
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    wanted = {**folders, "nnUNet_compile": "f"}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield folders
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def quiet(log_path: Path | None) -> Iterator[None]:
+    """Send nnU-Net's prints (``sys.stdout``) to ``log_path`` instead of the console (None: leave them)."""
+    if log_path is None:
+        yield
+        return
+    with open(log_path, "a") as f, contextlib.redirect_stdout(f):
+        yield
+
+
+@contextlib.contextmanager
+def quiet_fds(log_path: Path | None) -> Iterator[None]:
+    """Redirect the process-level stdout and stderr (file descriptors 1 and 2, which C++ libraries such
+    as the profiler's kineto write to, bypassing ``sys.stdout``) into ``log_path``."""
+    if log_path is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log_path, "a") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
