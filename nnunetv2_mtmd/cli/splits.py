@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 
 from nnunetv2_mtmd.cli.common import HelpFormatter, run
-from nnunetv2_mtmd.evaluation.splits import (
+from nnunetv2_mtmd.training.splits import (
     DEFAULT_SEED,
     SCHEMES,
     describe_splits,

@@ -6,7 +6,8 @@ only connects it to nnU-Net:
 - ``build_network_architecture`` builds the plans' multi-domain network (plus the scheme's overrides,
   ``network_overrides_for``), and is what ``nnUNetv2_predict`` calls too, so every scheme is rebuilt
   correctly at inference from plans.json + the trainer name in the checkpoint;
-- ``get_dataloaders`` swaps nnU-Net's loader for :class:`DomainBalancedDataLoader`;
+- ``get_dataloaders`` swaps nnU-Net's loader for :class:`DomainBalancedDataLoader` (through
+  :func:`nnunetv2_mtmd.compat.build_dataloaders`, the tracked copy of nnU-Net's method);
 - ``do_split`` writes a domain-stratified 5-fold split when no splits_final.json exists;
 - torch.compile is disabled (logged), batch size is checked to be a multiple of K.
 """
@@ -16,17 +17,14 @@ from __future__ import annotations
 import os
 
 import torch
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, save_json
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+from nnunetv2_mtmd.compat import build_dataloaders, install_predictor_input_check
 from nnunetv2_mtmd.domains import DomainSpec, check_plans_architecture
 from nnunetv2_mtmd.errors import DomainSpecError
-from nnunetv2_mtmd.inference.checks import install_predictor_input_check
 from nnunetv2_mtmd.training.sampling import DomainBalancedDataLoader
 
 MTMD_NETWORK_PREFIX = "nnunetv2_mtmd.architectures."
@@ -73,7 +71,8 @@ class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
         check_mtmd_plans(configuration_manager)
-        # nnUNetv2_predict builds the network through this classmethod: check its input cases first
+        # nnUNetv2_predict builds the network through this classmethod: install the predictor's input check
+        # (an nnU-Net patch, compat) so that its input cases are checked before anything is written
         install_predictor_input_check()
         kwargs = dict(configuration_manager.network_arch_init_kwargs)
         kwargs.update(cls.network_overrides_for(configuration_manager))
@@ -158,7 +157,7 @@ class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
         if self.fold != "all":
             splits_file = join(self.preprocessed_dataset_folder_base, "splits_final.json")
             if not isfile(splits_file):
-                from nnunetv2_mtmd.evaluation.splits import domain_stratified_kfold
+                from nnunetv2_mtmd.training.splits import domain_stratified_kfold
 
                 if self.dataset_class is None:
                     self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
@@ -168,40 +167,13 @@ class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
         return super().do_split()
 
     def get_dataloaders(self):
-        if self.dataset_class is None:
-            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
-        patch_size = self.configuration_manager.patch_size
-        ds_scales = self._get_deep_supervision_scales()
-        rotation, dummy_2d, initial_patch_size, mirror_axes = (
-            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size())
-        lm = self.label_manager
-        tr_transforms = self.get_training_transforms(
-            patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
-            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
-            foreground_labels=lm.foreground_labels, regions=lm.foreground_regions if lm.has_regions else None,
-            ignore_label=lm.ignore_label)
-        val_transforms = self.get_validation_transforms(
-            ds_scales, is_cascaded=self.is_cascaded, foreground_labels=lm.foreground_labels,
-            regions=lm.foreground_regions if lm.has_regions else None, ignore_label=lm.ignore_label)
-        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
-        common = dict(label_manager=lm, domain_spec=self.domain_spec,
-                      oversample_foreground_percent=self.oversample_foreground_percent,
-                      sampling_probabilities=None, pad_sides=None,
-                      probabilistic_oversampling=self.probabilistic_oversampling)
-        dl_tr = DomainBalancedDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size,
-                                         transforms=tr_transforms, rare_class_exponent=self.rare_class_exponent,
-                                         **common)
-        dl_val = DomainBalancedDataLoader(dataset_val, self.batch_size, patch_size, patch_size,
-                                          transforms=val_transforms, **common)
-        n_proc = get_allowed_n_proc_DA()
-        if n_proc == 0:
-            mt_tr, mt_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
-        else:
-            pin = self.device.type == "cuda"
-            mt_tr = NonDetMultiThreadedAugmenter(dl_tr, None, n_proc, max(6, n_proc // 2), None, pin, 0.002)
-            mt_val = NonDetMultiThreadedAugmenter(dl_val, None, max(1, n_proc // 2), max(3, n_proc // 4), None, pin,
-                                                  0.002)
-        next(mt_tr)
-        next(mt_val)
-        return mt_tr, mt_val
+        # nnU-Net builds its nnUNetDataLoader inside get_dataloaders (no hook for the class): the copy of that
+        # method lives in compat (tracked against nnU-Net's source) and takes the loader as a parameter
+        return build_dataloaders(self, self._make_data_loader)
+
+    def _make_data_loader(self, training: bool, *args, **kwargs) -> DomainBalancedDataLoader:
+        """The domain-balanced loader, called with nnU-Net's ``nnUNetDataLoader`` arguments
+        (:func:`nnunetv2_mtmd.compat.build_dataloaders`); the rare-class weighting is for training only."""
+        extra = {"rare_class_exponent": self.rare_class_exponent} if training else {}
+        return DomainBalancedDataLoader(*args, domain_spec=self.domain_spec, **extra, **kwargs)
 

@@ -118,7 +118,7 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
     def on_epoch_end(self):
         super().on_epoch_end()
         if self.local_rank == 0:
-            from nnunetv2_mtmd.evaluation.training_plots import plot_loss_terms
+            from nnunetv2_mtmd.training.progress_plot import plot_loss_terms
 
             plot_loss_terms(self.logger.local_logger.my_fantastic_logging, self.current_epoch,
                             join(self.output_folder, "progress_mtmd.png"))

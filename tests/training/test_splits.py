@@ -8,7 +8,7 @@ import pytest
 
 from nnunetv2_mtmd.cli.splits import main as splits_main
 from nnunetv2_mtmd.errors import InputDataError, OutputExistsError
-from nnunetv2_mtmd.evaluation.splits import (
+from nnunetv2_mtmd.training.splits import (
     domain_stratified_kfold,
     find_split_target,
     leave_one_out_splits,
