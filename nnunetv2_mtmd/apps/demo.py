@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
+from nnunetv2_mtmd.apps.workspace import nnunet_env, run_logged
 from nnunetv2_mtmd.errors import InputDataError, OutputExistsError
 
 logger = logging.getLogger(__name__)
@@ -43,26 +42,25 @@ DEFAULT_BASE_FEATURES = 16
 @dataclass
 class DemoResult:
     out: Path
-    summary: dict
+    summary: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _bin(name: str) -> str:
-    cand = Path(sys.executable).parent / name
-    return str(cand) if cand.exists() else name
+def say(text: str, gap: bool = False, tag: bool = True) -> None:
+    """One line of the demo's console output, its user interface (not logging: the demo is read as a
+    walkthrough, so its lines go to stdout unformatted, flushed before each long subprocess step).
+    ``gap``: an empty line first; ``tag``: the ``[demo]`` prefix."""
+    print(("\n" if gap else "") + ("[demo] " if tag else "") + text, flush=True)
 
 
 class Runner:
     """Runs console scripts with the demo's nnU-Net folders, logging each command and its duration."""
 
     def __init__(self, out: Path, log_file: Path, n_proc_da: int):
-        self.env = dict(os.environ)
-        for k in ("raw", "preprocessed", "results"):
-            self.env[f"nnUNet_{k}"] = str(out / f"nnUNet_{k}")
-            (out / f"nnUNet_{k}").mkdir(parents=True, exist_ok=True)
+        self.env = nnunet_env(out, create=True)
+        # nnU-Net's defaults for a 2-core CPU machine, unless the user set them
         self.env.setdefault("nnUNet_def_n_proc", "2")
         self.env.setdefault("nnUNet_compile", "f")
-        self.env.pop("nnUNet_n_proc_DA", None)  # set per command: planning must not see it
         self.log_file = log_file
         self.n_proc_da = n_proc_da
         self.seconds: dict[str, float] = {}
@@ -70,18 +68,18 @@ class Runner:
     def __call__(self, step: str, args: list[str], train: bool = False) -> None:
         env = dict(self.env)
         if train:
+            # for training only: nnU-Net's planning crashes with nnUNet_n_proc_DA=0 (nnunet_env removes it)
             env["nnUNet_n_proc_DA"] = str(self.n_proc_da)
-        cmd = [_bin(args[0]), *args[1:]]
-        print(f"\n[demo] {step}: {shlex.join(args)}", flush=True)
-        t0 = time.time()
-        with open(self.log_file, "a") as log:
-            log.write(f"\n$ {shlex.join(args)}\n")
-            log.flush()
-            proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.seconds[step] = time.time() - t0
-        print(f"[demo]   done in {self.seconds[step]:.0f} s", flush=True)
-        if proc.returncode != 0:
-            raise InputDataError(f"demo step '{step}' failed (exit {proc.returncode}); see {self.log_file}")
+        say(f"{step}: {shlex.join(args)}", gap=True)
+        self.seconds[step] = run_logged(args, self.log_file, env, what=f"demo step '{step}'")
+        say(f"  done in {self.seconds[step]:.0f} s")
+
+
+def _check_arguments(batch_size: int, base_features: int | None) -> None:
+    if batch_size < 3 or batch_size % 3:
+        raise InputDataError(f"--batch_size must be a positive multiple of the 3 domains, found {batch_size}.")
+    if base_features is not None and base_features < 1:
+        raise InputDataError(f"--base_features must be >= 1, found {base_features}.")
 
 
 def run_demo(out: Path, cases: int = 10, test_cases: int = 4, seed: int = 0, trainer: str = DEFAULT_TRAINER,
@@ -91,20 +89,16 @@ def run_demo(out: Path, cases: int = 10, test_cases: int = 4, seed: int = 0, tra
     from nnunetv2_mtmd.conversion.synthetic import write_synthetic_datasets
 
     out = Path(out).resolve()
-    if batch_size < 3 or batch_size % 3:
-        raise InputDataError(f"--batch_size must be a positive multiple of the 3 domains, found {batch_size}.")
-    if base_features is not None and base_features < 1:
-        raise InputDataError(f"--base_features must be >= 1, found {base_features}.")
+    _check_arguments(batch_size, base_features)
     if out.exists():
         if not overwrite:
             raise OutputExistsError(f"Demo output folder {out} exists. Pass --overwrite or choose another --out.")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     run = Runner(out, out / "demo_log.txt", n_proc_da)
-    raw = out / "nnUNet_raw"
 
     t0 = time.time()
-    print(f"[demo] writing synthetic ankle/knee/shoulder data ({cases} training + {test_cases} test cases each)")
+    say(f"writing synthetic ankle/knee/shoulder data ({cases} training + {test_cases} test cases each)")
     sources = write_synthetic_datasets(out / "sources", cases=cases, test_cases=test_cases, seed=seed)
     run.seconds["synthetic data"] = time.time() - t0
 
@@ -116,11 +110,31 @@ def run_demo(out: Path, cases: int = 10, test_cases: int = 4, seed: int = 0, tra
                                 "-c", "2d", "-np", "2"])
     plans_file = out / "nnUNet_preprocessed" / f"Dataset{MERGED_ID}_{MERGED_NAME}" / "nnUNetPlans.json"
     planned_bs, planned_f, features = set_cpu_plans(plans_file, batch_size, base_features)
-    print(f"[demo] batch size {planned_bs} (planned) -> {batch_size} ({batch_size // 3} per domain), features per "
-          f"stage {planned_f} (planned) -> {features}, for CPU")
+    say(f"batch size {planned_bs} (planned) -> {batch_size} ({batch_size // 3} per domain), features per "
+        f"stage {planned_f} (planned) -> {features}, for CPU")
     run("train", ["nnUNetv2_train", str(MERGED_ID), "2d", "all", "-tr", trainer, "-device", "cpu"], train=True)
 
-    # New cases arrive as ordinary single-domain images: add the code channel per domain.
+    inputs = _prepare_inputs(run, out, sources)
+    pred = out / "predictions"
+    run("predict", ["nnUNetv2_predict", "-i", str(inputs), "-o", str(pred), "-d", str(MERGED_ID), "-c", "2d",
+                    "-tr", trainer, "-f", "all", "-device", "cpu", "-npp", "1", "-nps", "1"])
+    merged = out / "nnUNet_raw" / f"Dataset{MERGED_ID}_{MERGED_NAME}"
+    run("evaluate", ["nnUNetv2_mtmd_evaluate", "-ref", str(merged / "labelsTs"), "-pred", str(pred),
+                     "-d", str(MERGED_ID), "-o", str(out / "evaluation"), "-np", "1"])
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    run.seconds["total"] = time.time() - t0
+    dice = dice_table(out / "evaluation" / "metrics.csv")
+    example_png = out / "examples.png"
+    plot_examples(inputs, pred, merged / "labelsTs", example_png)
+    write_report(out, dice, run.seconds, trainer, planned_bs, batch_size, cases, test_cases, planned_f, features)
+    say(format_dice_table(dice), gap=True, tag=False)
+    say(f"report: {out / 'report.md'}  examples: {example_png}  total {run.seconds['total'] / 60:.1f} min", gap=True)
+    return DemoResult(out, summary, run.seconds)
+
+
+def _prepare_inputs(run: Runner, out: Path, sources: list[Path]) -> Path:
+    """New cases arrive as ordinary single-domain images: add the code channel per domain
+    (``nnUNetv2_mtmd_prepare_input``), all into one input folder for ``nnUNetv2_predict``."""
     inputs = out / "predict_input"
     inputs.mkdir()
     for dom, src in zip(DOMAIN_NAMES, sources):
@@ -130,21 +144,7 @@ def run_demo(out: Path, cases: int = 10, test_cases: int = 4, seed: int = 0, tra
         for f in tmp.iterdir():
             shutil.move(str(f), inputs / f.name)
         tmp.rmdir()
-    pred = out / "predictions"
-    run("predict", ["nnUNetv2_predict", "-i", str(inputs), "-o", str(pred), "-d", str(MERGED_ID), "-c", "2d",
-                    "-tr", trainer, "-f", "all", "-device", "cpu", "-npp", "1", "-nps", "1"])
-    merged = raw / f"Dataset{MERGED_ID}_{MERGED_NAME}"
-    run("evaluate", ["nnUNetv2_mtmd_evaluate", "-ref", str(merged / "labelsTs"), "-pred", str(pred),
-                     "-d", str(MERGED_ID), "-o", str(out / "evaluation"), "-np", "1"])
-    summary = json.loads((out / "evaluation" / "summary.json").read_text())
-    run.seconds["total"] = time.time() - t0
-    dice = dice_table(out / "evaluation" / "metrics.csv")
-    example_png = out / "examples.png"
-    plot_examples(inputs, pred, merged / "labelsTs", example_png)
-    write_report(out, dice, run.seconds, trainer, planned_bs, batch_size, cases, test_cases, planned_f, features)
-    print("\n" + format_dice_table(dice))
-    print(f"\n[demo] report: {out / 'report.md'}  examples: {example_png}  total {run.seconds['total'] / 60:.1f} min")
-    return DemoResult(out, summary, run.seconds)
+    return inputs
 
 
 def set_cpu_plans(plans_file: Path, batch_size: int, base_features: int | None = None) -> tuple[int, list, list]:
@@ -164,7 +164,7 @@ def set_cpu_plans(plans_file: Path, batch_size: int, base_features: int | None =
     return planned, planned_features, list(ak["features_per_stage"])
 
 
-def _label_cmap(max_label: int):
+def _label_cmap(max_label: int) -> Any:
     """Colormap with index i = unified label i; colours are vivid and repeat only after 12 labels."""
     from matplotlib.colors import ListedColormap
 
@@ -189,6 +189,7 @@ def dice_table(metrics_csv: Path) -> dict[str, dict[str, list[float]]]:
 
 
 def format_dice_table(dice: dict[str, dict[str, list[float]]]) -> str:
+    """Markdown table of :func:`dice_table`: mean ± std per structure, mean per domain, mean of domains."""
     lines = ["| domain | structure | Dice (mean ± std over held-out cases) |", "|---|---|---|"]
     all_means = []
     for dom, structs in dice.items():
@@ -235,8 +236,10 @@ def plot_examples(inputs: Path, pred: Path, ref: Path, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out: Path, dice, seconds, trainer, planned_bs, batch_size, cases, test_cases,
-                 planned_features=None, features=None) -> None:
+def write_report(out: Path, dice: dict[str, dict[str, list[float]]], seconds: dict[str, float], trainer: str,
+                 planned_bs: int, batch_size: int, cases: int, test_cases: int,
+                 planned_features: list[int] | None = None, features: list[int] | None = None) -> None:
+    """``out/report.md``: what was run, the Dice table and the time per step."""
     steps = "\n".join(f"| {k} | {v:.0f} |" for k, v in seconds.items())
     text = f"""# nnunetv2-mtmd demo report
 

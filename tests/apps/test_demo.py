@@ -1,6 +1,6 @@
-"""The demo's own logic (nnunetv2_mtmd/demo.py): the plans edit, input checks, the Dice table and the
-label colours. The whole demo is the README's main job (``bash .ci/demo``), not a test: it trains for
-about 10 minutes; its measured time and Dice are in docs/demo.md."""
+"""The demo's own logic (nnunetv2_mtmd/apps/demo.py): the plans edit, input checks, the step runner,
+the Dice table and the label colours. The whole demo is the README's main job (``bash .ci/demo``),
+not a test: it trains for about 10 minutes; its measured time and Dice are in docs/demo.md."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from nnunetv2_mtmd.apps.demo import _label_cmap, dice_table, format_dice_table, run_demo, set_cpu_plans
+from nnunetv2_mtmd.apps.demo import Runner, _label_cmap, dice_table, format_dice_table, run_demo, set_cpu_plans
+from nnunetv2_mtmd.apps.workspace import CommandError
 from nnunetv2_mtmd.errors import InputDataError, OutputExistsError
 
 
@@ -74,3 +75,22 @@ def test_label_colours_are_distinct_and_opaque():
     assert len(set(colours)) == 9
     grey = [c for c in colours if abs(c[0] - c[1]) < 0.05 and abs(c[1] - c[2]) < 0.05]
     assert not grey  # grey labels vanish on an MR image (tab10's label 7 did)
+
+
+def test_runner_logs_commands_and_names_the_log_on_failure(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("nnUNet_n_proc_DA", "7")  # the user's value must not reach planning
+    log = tmp_path / "demo_log.txt"
+    run = Runner(tmp_path, log, n_proc_da=0)
+    assert all((tmp_path / f"nnUNet_{k}").is_dir() for k in ("raw", "preprocessed", "results"))
+    show = "import os; print('DA', os.environ.get('nnUNet_n_proc_DA'), os.environ['nnUNet_raw'])"
+    run("plan", ["python", "-c", show])
+    run("train", ["python", "-c", show], train=True)
+    text = log.read_text()
+    assert f"DA None {tmp_path / 'nnUNet_raw'}" in text and "DA 0 " in text
+    assert "$ python -c" in text
+    out = capsys.readouterr().out
+    assert "\n[demo] plan: python -c " in out and "[demo]   done in 0 s" in out
+    assert set(run.seconds) == {"plan", "train"}
+    with pytest.raises(CommandError, match=r"demo step 'broken' failed \(exit code 3\)") as e:
+        run("broken", ["python", "-c", "print('the cause'); raise SystemExit(3)"])
+    assert str(log) in str(e.value) and "the cause" in str(e.value)

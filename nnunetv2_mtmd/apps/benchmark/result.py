@@ -28,8 +28,7 @@ from nnunetv2_mtmd.io import atomic_file
 #: Columns of the printed table.
 TABLE_HEADER = ("measurement", "MTMD", "reference", "ratio")
 #: Printed under the table by ``nnUNetv2_mtmd_benchmark``.
-TABLE_FOOTER = ("ratio = MTMD / reference, the median of the per-round ratios (runs of a round are seconds "
-                "apart); the targets, and how far one run resolves a ratio: docs/benchmarks.md")
+TABLE_FOOTER = "ratio = MTMD / reference (median of per-round ratios); targets and their spread: docs/benchmarks.md"
 
 
 @dataclass
