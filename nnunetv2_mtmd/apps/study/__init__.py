@@ -58,9 +58,11 @@ from nnunetv2_mtmd.apps.study.constants import (  # noqa: F401
     LEARNED_DICE,
     LOG_FILE,
     MEASURE_ENV,
+    MEASURE_PLANS_NAME,
     MERGED_ID,
     MERGED_NAME,
     N_SPLITS,
+    PLANS_BUDGET_KEY,
     PLANS_NAME,
     REAL_DOMAIN_NAMES,
     REALDATA_DIR,
@@ -75,6 +77,7 @@ from nnunetv2_mtmd.apps.study.constants import (  # noqa: F401
     WORKDIR_ENV,
     StudyError,
 )
+from nnunetv2_mtmd.apps.study.context import StudyContext, StudyOptions, job_threads, study_command  # noqa: F401
 from nnunetv2_mtmd.apps.study.data import (  # noqa: F401
     Source,
     Split,
@@ -84,13 +87,18 @@ from nnunetv2_mtmd.apps.study.data import (  # noqa: F401
     strip_domain_prefix,
     unify_individual_prediction,
 )
-from nnunetv2_mtmd.apps.study.pipeline import (  # noqa: F401
-    Study,
-    StudyOptions,
-    _bin,
-    job_threads,
-    union_folders,
+from nnunetv2_mtmd.apps.study.discussion import (  # noqa: F401
+    _NUMBER,
+    DISCUSSION_HEADING,
+    DISCUSSION_PLACEHOLDER,
+    STALE_PREFIX,
+    _discussion_span,
+    keep_discussion,
+    mark_stale_discussion,
+    unsourced_numbers,
 )
+from nnunetv2_mtmd.apps.study.pipeline import Study  # noqa: F401
+from nnunetv2_mtmd.apps.study.plans import plans_file, record_budget, write_measure_plans, write_study_plans  # noqa: F401
 from nnunetv2_mtmd.apps.study.progress import (  # noqa: F401
     _AE_FROZEN,
     _EPOCH_START,
@@ -109,31 +117,36 @@ from nnunetv2_mtmd.apps.study.progress import (  # noqa: F401
     training_status,
 )
 from nnunetv2_mtmd.apps.study.report import (  # noqa: F401
-    _NUMBER,
-    DISCUSSION_HEADING,
-    DISCUSSION_PLACEHOLDER,
-    STALE_PREFIX,
-    _discussion_span,
-    _pm,
-    _read_similarity,
-    _stat_cell,
+    ReportData,
     build_report,
     case_level_text,
     components_text,
+    publish_tsne,
+    reference_cut_text,
+)
+from nnunetv2_mtmd.apps.study.report_tables import (  # noqa: F401
+    _pm,
+    _read_similarity,
+    _stat_cell,
     domain_mean_dice,
     embedding_table,
     fold_table,
-    keep_discussion,
     ks_table,
-    mark_stale_discussion,
     metric_table,
     other_domain_text,
     paired_references,
     paired_table,
-    publish_tsne,
-    reference_cut_text,
-    study_command,
-    unsourced_numbers,
+)
+from nnunetv2_mtmd.apps.study.runner import StudyRunner, _bin, setup_study_logging, work_lock  # noqa: F401
+from nnunetv2_mtmd.apps.study.stages import (  # noqa: F401
+    EvaluateStage,
+    MeasureStage,
+    PrepareStage,
+    ReportStage,
+    StatusStage,
+    TrainStage,
+    report_data,
+    union_folders,
 )
 from nnunetv2_mtmd.apps.study.state import (  # noqa: F401
     COMMIT_FILE,

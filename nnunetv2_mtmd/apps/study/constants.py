@@ -20,6 +20,8 @@ REAL_DOMAIN_NAMES = {
 MERGED_ID = 950
 MERGED_NAME = "MSKBonesMR"
 PLANS_NAME = "nnUNetPlans_study"
+#: The plans variant of ``--stage measure``: the study plans with the shorter measure budget recorded.
+MEASURE_PLANS_NAME = "nnUNetPlans_study_measure"
 CONFIGURATION = "2d"
 N_SPLITS = 5
 SPLIT_SEED = 12345

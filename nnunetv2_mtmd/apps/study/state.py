@@ -16,7 +16,7 @@ from typing import Any
 
 from nnunetv2_mtmd.apps.study.constants import STATE_VERSION, WORKDIR_ENV, StudyError
 from nnunetv2_mtmd.errors import InputDataError
-from nnunetv2_mtmd.io import load_json
+from nnunetv2_mtmd.io import atomic_write_text, load_json
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -79,10 +79,7 @@ class StudyState:
 
     def save(self) -> None:
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text(json.dumps(self.data, indent=2))
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, json.dumps(self.data, indent=2))
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -1,4 +1,5 @@
-"""nnunetv2_mtmd/study/pipeline.py: recorded options, parallel training and its order, evaluation steps."""
+"""nnunetv2_mtmd/apps/study/pipeline.py and stages/: recorded options, parallel training and its order, evaluation
+steps, the budget in the plans."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_study_takes_recorded_options_and_refuses_a_different_budget(tmp_path):
     again = Study(StudyOptions(work))  # a plain re-run: sources, schemes, folds, budget, report as recorded
     assert again.sources_dir == src.resolve() and again.schemes == ["Individual", "DSL"] and again.folds == [1]
     assert (again.budget.iterations, again.budget.epochs, again.budget.batch_size) == (4, 2, 12)
-    assert study_command(again)[3:] == [
+    assert study_command(again.ctx)[3:] == [
         "--workdir", str(work.resolve()), "--sources", str(src.resolve()), "--domains", "Ankle", "Knee", "Shoulder",
         "--folds", "1", "--schemes", "Individual", "DSL", "--iterations", "4", "--epochs", "2",
         "--val-iterations", "2", "--ae-iterations", "300", "--batch-size", "12", "--spacing", "4",
@@ -47,7 +48,7 @@ def test_study_takes_recorded_options_and_refuses_a_different_budget(tmp_path):
     with pytest.raises(InputDataError, match="budget.iterations: recorded 4, now 6"):
         other.run("report")
     stock_da = Study(StudyOptions(tmp_path / "work2", sources_dir=src, budget={"fixed_orientation": False}))
-    assert study_command(stock_da)[-3:] == ["--no-fixed-orientation", "--report", str(stock_da.report_path)]
+    assert study_command(stock_da.ctx)[-3:] == ["--no-fixed-orientation", "--report", str(stock_da.report_path)]
     assert "study stage 'report'" in (work / "study_log.txt").read_text()
 
 
@@ -96,9 +97,9 @@ class _FakeTrainings:
         # "slow" ends only after the other fold was evaluated: no race with the scheduler (CI runs
         # this under load, where fixed sleeps let both folds complete before the first evaluation)
         self.slow_waits, self.evaluated = slow_waits_for_evaluation, threading.Event()
-        study.pending_trainings = lambda: [r for r in runs if tuple(r[:2]) not in self.done]
-        study._train_one = self.train_one
-        study.fold_complete = lambda fold: all((f, s) in self.done for f, s, *_ in runs if f == fold)
+        study.training.pending = lambda: [r for r in runs if tuple(r[:2]) not in self.done]
+        study.training.train_one = self.train_one
+        study.ctx.fold_complete = lambda fold: all((f, s) in self.done for f, s, *_ in runs if f == fold)
         study.evaluate = self.evaluate
         study.report = lambda: self.events.append(("report",))
 
@@ -204,23 +205,23 @@ def test_embeddings_are_reused_while_the_checkpoint_is_the_same(tmp_path, monkey
         (out / "similarity.csv").write_text("stage\n")
         return 0.0
 
-    monkeypatch.setattr(study, "run_cmd", fake_run_cmd)
+    monkeypatch.setattr(study.ctx.runner, "command", fake_run_cmd)
     ckpts = {}
     for s in ("DSL", "DSL_MSC"):
         d = fold_folder(study.results, study.merged, SCHEME_TRAINERS[s], 0)
         d.mkdir(parents=True)
         ckpts[s] = d / "checkpoint_final.pth"
         ckpts[s].write_bytes(b"weights")
-    dirs = study.embeddings(0, ["DSL", "DSL_MSC"])
+    dirs = study.evaluation.embeddings(0, ["DSL", "DSL_MSC"])
     assert calls == [SCHEME_TRAINERS["DSL"], SCHEME_TRAINERS["DSL_MSC"]]
     assert dirs == {s: study.dir / "embeddings" / f"{s}_fold0" for s in ("DSL", "DSL_MSC")}
     # a later fold's evaluation: same checkpoints -> nothing recomputed
-    assert study.embeddings(0, ["DSL", "DSL_MSC"]) == dirs and len(calls) == 2
+    assert study.evaluation.embeddings(0, ["DSL", "DSL_MSC"]) == dirs and len(calls) == 2
     # a retrained model (new checkpoint) and a deleted output folder are computed again
     st = ckpts["DSL"].stat()
     os.utime(ckpts["DSL"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     shutil.rmtree(dirs["DSL_MSC"])
-    study.embeddings(0, ["DSL", "DSL_MSC"])
+    study.evaluation.embeddings(0, ["DSL", "DSL_MSC"])
     assert calls[2:] == [SCHEME_TRAINERS["DSL"], SCHEME_TRAINERS["DSL_MSC"]]
 
 
@@ -242,8 +243,8 @@ def test_fold_components_counts_parts_in_the_folds_training_labels_only(tmp_path
               {"train": ["hip_c", "knee_a"], "val": ["hip_a", "hip_b"]}]
     save_json(splits, study.pre / study.merged / "splits_final.json")
     # fold 0 trains on the two-part hips; fold 1's only training hip has one part (its held-out hips do not count)
-    assert json.loads(study.fold_components(0).read_text()) == {"knee_femur": 1, "knee_tibia": 1, "hip_femur": 2}
-    assert json.loads(study.fold_components(1).read_text()) == {"knee_femur": 1, "knee_tibia": 1, "hip_femur": 1}
+    assert json.loads(study.evaluation.fold_components(0).read_text()) == {"knee_femur": 1, "knee_tibia": 1, "hip_femur": 2}
+    assert json.loads(study.evaluation.fold_components(1).read_text()) == {"knee_femur": 1, "knee_tibia": 1, "hip_femur": 1}
     text = components_text(study.dir / "evaluation", [0, 1])
     assert "(fold 0: hip_femur 2; fold 1: none)" in text
     ev = study.dir / "evaluation"
@@ -252,7 +253,7 @@ def test_fold_components_counts_parts_in_the_folds_training_labels_only(tmp_path
     assert "largest component of every structure" in components_text(study.dir / "evaluation", [2])
     # held out in fold 1, hip_a and hip_b have two femur parts of 3 voxels each, but fold 1 keeps one
     comp = {f: ev / f"components_fold{f}.json" for f in (0, 1)}
-    cut = json.loads(study.reference_parts([0, 1], comp).read_text())
+    cut = json.loads(study.evaluation.reference_parts([0, 1], comp).read_text())
     row = {"fold": 1, "label": 3, "name": "hip_femur", "components": 2, "kept": 1, "voxels": 6, "voxels_removed": 3}
     assert cut == {"folds": [0, 1], "structures": 3,
                    "cut": [{**row, "case": "hip_a"}, {**row, "case": "hip_b"}]}

@@ -1,4 +1,4 @@
-"""nnunetv2_mtmd/study/report.py: report tables with hand-computed values and the kept discussion."""
+"""nnunetv2_mtmd/apps/study/report.py, report_tables.py, discussion.py: report tables with hand-computed values and the kept discussion."""
 
 from __future__ import annotations
 
@@ -49,9 +49,9 @@ def test_case_level_text_compares_the_regularized_schemes_with_dsl_too(tmp_path)
         d.mkdir(parents=True)
         (d / "metrics.csv").write_text("case,domain,structure,dice\n" + "".join(
             f"{c},{dom},femur,{base[c] + off:.4f}\n" for c, dom in cases.items()))
-    study = SimpleNamespace(dir=tmp_path / "w", spec=small_spec(), merged="M", report_path=tmp_path / "docs" / "r.md",
-                            load_splits=lambda _: [{"val": list(cases)}])
-    text = "\n".join(case_level_text(study, "raw", list(offsets), [0], tmp_path / "docs" / "results"))
+    data = SimpleNamespace(workdir=tmp_path / "w", spec=small_spec(), report_path=tmp_path / "docs" / "r.md",
+                           splits=[{"val": list(cases)}])
+    text = "\n".join(case_level_text(data, "raw", list(offsets), [0], tmp_path / "docs" / "results"))
     first, _, second = text.partition("### Per-case paired comparison with DSL (what the regularization adds")
     assert "### Per-case paired comparison with Individual" in first and second
     # all 6 cases higher by the same amount: exact two-sided Wilcoxon p = 2 / 2^6

@@ -1,0 +1,252 @@
+"""``--stage evaluate``: the held-out predictions of every scheme over the finished folds, post-processed
+fold by fold, evaluated with and without post-processing, compared, and the embeddings of every
+multi-domain scheme's model of the first fold."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from nnunetv2_mtmd.apps.study.constants import (
+    CONFIGURATION,
+    EVAL_VARIANTS,
+    INDIVIDUAL,
+    PLANS_NAME,
+    SCHEME_TRAINERS,
+    StudyError,
+)
+from nnunetv2_mtmd.apps.study.context import StudyContext
+from nnunetv2_mtmd.apps.study.data import unify_individual_prediction
+from nnunetv2_mtmd.apps.study.progress import fold_folder
+from nnunetv2_mtmd.apps.study.report_tables import domain_mean_dice
+from nnunetv2_mtmd.apps.study.state import _now
+from nnunetv2_mtmd.io import atomic_output_dir, atomic_save_json, load_json
+
+logger = logging.getLogger(__name__)
+
+
+def union_folders(folders: Mapping[int, Path], out: Path) -> int:
+    """Every file of the per-fold ``folders`` into ``out`` (all or nothing); a JSON file that several folds
+    have (``postprocessing_mtmd.json``) is kept once per fold as ``<stem>_fold<i>.json``. A case file in two
+    folds is an error (their validation sets must not overlap). Returns the number of non-JSON files."""
+    n = 0
+    with atomic_output_dir(out, overwrite=True) as tmp:
+        for fold, folder in folders.items():
+            for f in sorted(folder.iterdir()):
+                if not f.is_file():
+                    continue
+                is_json = f.suffix == ".json"
+                target = tmp / (f"{f.stem}_fold{fold}.json" if is_json else f.name)
+                if target.exists():
+                    raise StudyError(f"{f.name} is predicted by two folds: the folds' validation sets overlap; "
+                                     "the splits are inconsistent.")
+                shutil.copyfile(f, target)
+                n += not is_json
+    return n
+
+
+class EvaluateStage:
+    """Evaluates every scheme ever requested on the folds all of them have finished; the result is
+    recorded per set of folds and schemes, so an evaluation is not repeated."""
+
+    def __init__(self, ctx: StudyContext):
+        self.ctx = ctx
+        self.ev = ctx.dir / "evaluation"
+
+    def run(self) -> None:
+        ctx = self.ctx
+        folds = ctx.complete_folds() if not ctx.dry else ctx.eval_folds
+        schemes = ctx.eval_schemes
+        if not folds:
+            logger.info("[evaluate] no fold has finished training for every scheme yet: nothing to evaluate.")
+            return
+        # "parts": post-processing keeps as many components as a structure has parts (evaluations made
+        # before, with one component per structure, are redone)
+        key = f"evaluate:parts:folds{','.join(map(str, folds))}:{','.join(schemes)}"
+        if ctx.state.is_done(key):
+            logger.info("[evaluate] folds %s already evaluated (skipped)", folds)
+            return
+        logger.info("[evaluate] folds %s, schemes %s", folds, schemes)
+        components = {fold: self.fold_components(fold) for fold in folds}
+        self.reference_parts(folds, components)
+        for s in schemes:
+            self.evaluate_scheme(s, folds, components)
+        if len(schemes) > 1:  # Individual (if run) is first: the reference of the KS tests
+            for variant in EVAL_VARIANTS:
+                self.compare(schemes, variant)
+        best = self.best_multi_domain_scheme() if not ctx.dry else next(
+            (s for s in schemes if s != INDIVIDUAL), None)
+        # every multi-domain scheme, so that the report can set the schemes side by side (the paper's
+        # Table 5): how far apart the domains' embeddings are is what MSC changes, not the Dice
+        emb_dirs = self.embeddings(folds[0], [s for s in schemes if s != INDIVIDUAL])
+        if not ctx.dry:
+            atomic_save_json({"folds": folds, "schemes": schemes, "best_multi_domain": best,
+                              "embeddings": str(emb_dirs[best]) if best else None,
+                              "embeddings_by_scheme": {s: str(e) for s, e in emb_dirs.items()}, "at": _now()},
+                             self.ev / "evaluated.json")
+            ctx.state.mark_done(key)
+
+    def evaluate_scheme(self, scheme: str, folds: Sequence[int], components: Mapping[int, Path]) -> None:
+        """Gather, post-process (fold by fold) and evaluate (raw and post-processed) one scheme."""
+        ctx = self.ctx
+        pred, pp = ctx.dir / "predictions" / scheme, ctx.dir / "predictions_postprocessed" / scheme
+        by_fold = ctx.dir / "predictions_by_fold"
+        raw_f = {f: by_fold / scheme / f"fold_{f}" for f in folds}
+        pp_f = {f: by_fold / f"{scheme}_postprocessed" / f"fold_{f}" for f in folds}
+        remap = " (labels remapped to the unified space, case ids prefixed)" if scheme == INDIVIDUAL else ""
+        ctx.runner.note(f"gather the held-out predictions of {scheme} of each fold {list(folds)} into "
+                        f"{by_fold / scheme}, all in {pred}{remap}")
+        if not ctx.dry:
+            for f in folds:
+                self.gather(scheme, f, raw_f[f])
+            logger.info("  %s: %d held-out predictions", scheme, union_folders(raw_f, pred))
+        # post-processed fold by fold: a fold's parts are counted in its own training labels
+        for f in folds:
+            self.postprocess(raw_f[f], pp_f[f], components[f])
+        if not ctx.dry:
+            union_folders(pp_f, pp)
+        for variant, folder in (("raw", pred), ("postprocessed", pp)):
+            self.evaluate(folder, self.ev / scheme / variant)
+
+    # ------------------------------------------------- the plugin's evaluation, in this process
+    def postprocess(self, raw: Path, out: Path, components: Path) -> None:
+        """``nnUNetv2_mtmd_postprocess -i RAW -o OUT --components FILE`` as a library call."""
+        ctx = self.ctx
+        n = ctx.opts.num_processes
+        cmd = ["nnUNetv2_mtmd_postprocess", "-i", str(raw), "-o", str(out), "-d", str(ctx.raw / ctx.merged),
+               "-np", str(n), "--components", str(components), "--overwrite"]
+
+        def call() -> None:
+            from nnunetv2_mtmd.evaluation.postprocess import postprocess_folder, read_components
+
+            postprocess_folder(raw, out, ctx.spec, ctx.file_ending(), num_processes=n, overwrite=True,
+                               components=read_components(components, ctx.spec))
+
+        ctx.runner.library("postprocess", cmd, call)
+
+    def evaluate(self, pred: Path, out: Path) -> None:
+        """``nnUNetv2_mtmd_evaluate -ref labelsTr -pred PRED -o OUT --allow-missing`` as a library call."""
+        ctx = self.ctx
+        n = ctx.opts.num_processes
+        ref = ctx.raw / ctx.merged / "labelsTr"
+        cmd = ["nnUNetv2_mtmd_evaluate", "-ref", str(ref), "-pred", str(pred), "-d", str(ctx.raw / ctx.merged),
+               "-o", str(out), "-np", str(n), "--allow-missing", "--overwrite"]
+
+        def call() -> None:
+            from nnunetv2_mtmd.evaluation.evaluate import evaluate_folders
+
+            summary = evaluate_folders(ref, pred, ctx.spec, ctx.file_ending(), out, num_processes=n,
+                                       allow_missing=True, overwrite=True)
+            logger.info("  evaluated %d cases into %s", summary["n_cases"], out)
+
+        ctx.runner.library("evaluate", cmd, call)
+
+    def compare(self, schemes: Sequence[str], variant: str) -> None:
+        """``nnUNetv2_mtmd_compare`` of the schemes' evaluations (the first is the KS reference)."""
+        folders = [self.ev / s / variant for s in schemes]
+        out = self.ev / f"compare_{variant}"
+        cmd = ["nnUNetv2_mtmd_compare", *map(str, folders), "-o", str(out), "--names", *schemes, "--overwrite"]
+
+        def call() -> None:
+            from nnunetv2_mtmd.evaluation.compare import compare_folders
+
+            compare_folders(folders, out, names=list(schemes), overwrite=True)
+
+        self.ctx.runner.library("compare", cmd, call)
+
+    # ------------------------------------------------------------------------- inputs
+    def gather(self, scheme: str, fold: int, out: Path) -> int:
+        """Held-out predictions of ``scheme``'s models of ``fold`` into ``out`` (unified labels, merged case
+        ids). Returns the number of cases."""
+        ctx = self.ctx
+        fe = ctx.file_ending()
+        n = 0
+        with atomic_output_dir(out, overwrite=True) as tmp:
+            for _, dataset, trainer in ctx.runs(fold, [scheme]):
+                val = fold_folder(ctx.results, dataset, trainer, fold) / "validation"
+                for p in sorted(p for p in val.iterdir() if p.name.endswith(fe)):
+                    if scheme == INDIVIDUAL:
+                        dom = next(d for d in ctx.spec.domains if d.source_dataset == dataset)
+                        unify_individual_prediction(p, tmp / f"{dom.case_id(p.name[: -len(fe)])}{fe}", dom)
+                    else:
+                        shutil.copyfile(p, tmp / p.name)
+                    n += 1
+        return n
+
+    def fold_components(self, fold: int) -> Path:
+        """The number of parts of every structure, counted in the training labels of ``fold`` only (the
+        held-out cases must not inform their own post-processing), as ``DIR/evaluation/components_foldX.json``."""
+        from nnunetv2_mtmd.evaluation.postprocess import expected_components, structure_names
+
+        ctx = self.ctx
+        out = self.ev / f"components_fold{fold}.json"
+        ctx.runner.note(f"count the parts of every structure in the training labels of fold {fold} into {out}")
+        if ctx.dry:
+            return out
+        fe = ctx.file_ending()
+        train = ctx.load_splits(ctx.merged)[fold]["train"]
+        files = [ctx.raw / ctx.merged / "labelsTr" / f"{c}{fe}" for c in train]
+        comp = expected_components(files, ctx.spec, fe)
+        atomic_save_json({name: comp[lab] for name, lab in structure_names(ctx.spec).items()}, out)
+        return out
+
+    def reference_parts(self, folds: Sequence[int], components: Mapping[int, Path]) -> Path:
+        """The held-out reference structures that the post-processing (with each fold's ``components``
+        file) would cut, as ``DIR/evaluation/reference_parts.json`` (:func:`parts_beyond_kept`)."""
+        from nnunetv2_mtmd.evaluation.postprocess import parts_beyond_kept, read_components
+
+        ctx = self.ctx
+        out = self.ev / "reference_parts.json"
+        ctx.runner.note(f"list the held-out reference structures with more parts than the post-processing keeps "
+                        f"into {out}")
+        if ctx.dry:
+            return out
+        fe, splits = ctx.file_ending(), ctx.load_splits(ctx.merged)
+        n, rows = 0, []
+        for f in folds:
+            files = [ctx.raw / ctx.merged / "labelsTr" / f"{c}{fe}" for c in splits[f]["val"]]
+            m, cut = parts_beyond_kept(files, ctx.spec, fe, read_components(components[f], ctx.spec))
+            n += m
+            rows += [{"fold": f, **r} for r in cut]
+        atomic_save_json({"folds": list(folds), "structures": n, "cut": rows}, out)
+        return out
+
+    def best_multi_domain_scheme(self) -> str | None:
+        """The multi-domain scheme with the highest mean over domains of the domain-mean Dice (raw)."""
+        best, best_val = None, -1.0
+        for s in self.ctx.eval_schemes:
+            if s == INDIVIDUAL:
+                continue
+            summ = self.ev / s / "raw" / "summary.json"
+            if not summ.is_file():
+                continue
+            val = domain_mean_dice(load_json(summ))
+            if val is not None and val > best_val:
+                best, best_val = s, val
+        return best
+
+    # ---------------------------------------------------------------------- embeddings
+    def embeddings(self, fold: int, schemes: Sequence[str]) -> dict[str, Path]:
+        """``nnUNetv2_mtmd_embeddings`` of each scheme's model of ``fold`` into ``DIR/embeddings/<scheme>_foldX``.
+
+        Every evaluation analyses the first evaluated fold, so without this check each later fold's
+        evaluation would recompute the same embeddings (minutes per scheme on a CPU). They are reused
+        while the model's ``checkpoint_final.pth`` is the one they were computed from."""
+        ctx = self.ctx
+        out = {}
+        for s in schemes:
+            emb_dir = out[s] = ctx.dir / "embeddings" / f"{s}_fold{fold}"
+            ckpt = fold_folder(ctx.results, ctx.merged, SCHEME_TRAINERS[s], fold) / "checkpoint_final.pth"
+            key = f"embeddings:{s}:fold{fold}:{ckpt.stat().st_mtime_ns if ckpt.is_file() else 'none'}"
+            if ctx.state.is_done(key) and (emb_dir / "similarity.csv").is_file():
+                logger.info("[embeddings] %s, fold %d: computed before from the same checkpoint (reused)", s, fold)
+                continue
+            ctx.runner.command("embeddings", ["nnUNetv2_mtmd_embeddings", "-d", ctx.merged, "-c", CONFIGURATION,
+                                              "-tr", SCHEME_TRAINERS[s], "-p", PLANS_NAME, "-f", str(fold),
+                                              "-o", str(emb_dir), "-device", "cpu", "--overwrite", "--no_progress"],
+                               "embeddings", ctx.env())
+            if not ctx.dry:
+                ctx.state.mark_done(key)
+        return out

@@ -1,0 +1,108 @@
+"""``--stage train``: ``nnUNetv2_train`` of every pending model, resumable, ``--jobs`` at once, each fold
+handed on (evaluate + report) as soon as all its models are done."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+from nnunetv2_mtmd.apps.study.constants import StudyError
+from nnunetv2_mtmd.apps.study.context import StudyContext, job_threads
+from nnunetv2_mtmd.apps.study.plans import record_budget
+from nnunetv2_mtmd.apps.study.progress import train_command
+
+logger = logging.getLogger(__name__)
+
+#: ``(fold, scheme, dataset, trainer, status)`` of one model to train (status: :func:`training_status`).
+Pending = tuple[int, str, str, str, str]
+
+_STARTING = {"new": "starting", "resume": "continuing from a checkpoint (--c)",
+             "validate": "running the final validation (--val)"}
+
+
+class TrainStage:
+    """Trains the models of the context's folds and schemes, in study order."""
+
+    def __init__(self, ctx: StudyContext):
+        self.ctx = ctx
+
+    def pending(self) -> list[Pending]:
+        """Every model still to train, in study order; models already done are marked done in the
+        state on the way."""
+        ctx = self.ctx
+        out = []
+        for fold in ctx.folds:
+            for scheme, dataset, trainer in ctx.runs(fold):
+                status = ctx.run_status(dataset, trainer, fold)
+                if status == "done":
+                    key = f"train:fold{fold}:{scheme}:{dataset}"
+                    if not ctx.dry and not ctx.state.is_done(key):
+                        ctx.state.mark_done(key)
+                    logger.info("[train] fold %d %s on %s: done (skipped)", fold, scheme, dataset)
+                    continue
+                out.append((fold, scheme, dataset, trainer, status))
+        return out
+
+    def train_one(self, fold: int, scheme: str, dataset: str, trainer: str, status: str) -> None:
+        """One ``nnUNetv2_train`` (new, ``--c`` or ``--val``); its seconds go to the state."""
+        ctx = self.ctx
+        key = f"train:fold{fold}:{scheme}:{dataset}"
+        if not ctx.dry:
+            logger.info("[train] fold %d %s on %s: %s", fold, scheme, dataset, _STARTING[status])
+        secs = ctx.runner.command(f"train fold {fold} {scheme} {dataset}",
+                                  train_command(dataset, fold, trainer, status),
+                                  f"train_fold{fold}_{scheme}_{dataset}", ctx.env(train=True))
+        if ctx.dry:
+            return
+        ctx.state.add_seconds(key, secs)
+        if ctx.run_status(dataset, trainer, fold) != "done":
+            raise StudyError(f"nnUNetv2_train for fold {fold} {scheme} on {dataset} ended without a "
+                             "complete validation folder; see the log in DIR/logs.")
+        ctx.state.mark_done(key, seconds=ctx.state.data["seconds"][key])
+
+    def run(self, on_fold_complete: Callable[[], None] | None = None) -> None:
+        """Train every pending model; with ``jobs > 1`` that many at once (in study order, each with
+        ``cores // jobs`` torch threads). ``on_fold_complete`` (evaluate + report) is called whenever
+        one more fold has all its models done, a fold completed before this run included."""
+        ctx = self.ctx
+        if not ctx.dry:
+            # before any training reads them: plans written before they carried the budget get it now
+            record_budget(ctx.pre, ctx.datasets, ctx.budget, ctx.runner.note)
+        pending = self.pending()
+        handed_on: set[int] = set()
+
+        def hand_on_complete_folds() -> None:
+            if on_fold_complete is None or ctx.dry:
+                return
+            for fold in ctx.folds:
+                if fold not in handed_on and ctx.fold_complete(fold):
+                    handed_on.add(fold)
+                    on_fold_complete()
+
+        if ctx.opts.jobs <= 1 or ctx.dry:
+            hand_on_complete_folds()  # a fold completed before this run (stopped during its evaluation)
+            for item in pending:
+                self.train_one(*item)
+                hand_on_complete_folds()
+            return
+        self._run_parallel(pending, hand_on_complete_folds)
+        hand_on_complete_folds()
+
+    def _run_parallel(self, pending: list[Pending], hand_on_complete_folds: Callable[[], None]) -> None:
+        jobs = self.ctx.opts.jobs
+        logger.info("[train] %d trainings at once, %d torch thread(s) each", jobs, job_threads(jobs))
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(self.train_one, *item) for item in pending]
+            try:
+                # a fold completed before this run (stopped during its evaluation): now, while the
+                # workers train, not when the next training ends
+                hand_on_complete_folds()
+                for fut in as_completed(futures):
+                    fut.result()
+                    hand_on_complete_folds()
+            except BaseException:
+                # models already running continue to their end (each checkpoints every epoch anyway)
+                for f in futures:
+                    f.cancel()
+                raise
