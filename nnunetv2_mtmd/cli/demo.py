@@ -1,4 +1,4 @@
-"""``nnUNetv2_mtmd_demo``: the end-to-end demo on synthetic three-joint data (see nnunetv2_mtmd/demo.py)."""
+"""``nnUNetv2_mtmd_demo``: the end-to-end demo on synthetic three-joint data (see nnunetv2_mtmd/apps/demo.py)."""
 
 from __future__ import annotations
 
