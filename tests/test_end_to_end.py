@@ -70,6 +70,20 @@ def test_plans_are_multi_domain(pipeline):
     assert c["normalization_schemes"][-1] == "NoNormalization"
 
 
+def test_every_dotted_path_of_the_written_plans_resolves(pipeline):
+    """nnU-Net rebuilds the network from plans.json with pydoc.locate: every dotted path the real
+    planner wrote resolves (and the plugin's are ones older results folders hold too)."""
+    import pydoc
+
+    from tests.planning.test_planners import HISTORICAL_PLANS_PATHS, _dotted_strings
+
+    plans = json.loads((pipeline["preprocessed"] / DATASET / "nnUNetPlans.json").read_text())
+    paths = _dotted_strings(plans["configurations"])
+    assert len(paths) >= 4
+    assert all(pydoc.locate(p) is not None for p in paths), paths
+    assert {p for p in paths if p.startswith("nnunetv2_mtmd.")} <= set(HISTORICAL_PLANS_PATHS)
+
+
 def test_domain_balanced_batches_on_real_preprocessed_data(pipeline, monkeypatch):
     """Batches from nnU-Net's own pipeline (augmentation included): B/K per domain, code restored."""
     import torch

@@ -55,3 +55,53 @@ def test_architecture_entry():
     assert arch["arch_kwargs"]["norm_op"] == "torch.nn.InstanceNorm2d"  # input not mutated
     with pytest.raises(ValueError, match="No multi-domain version"):
         to_multi_domain_architecture(dict(arch, network_class_name="x.ResidualUNet"), _spec())
+
+
+#: Every dotted class path the plugin's planner has ever written into a plans.json (git history of
+#: planning/planners.py); nnU-Net resolves them with pydoc.locate when it rebuilds a network.
+HISTORICAL_PLANS_PATHS = [
+    "nnunetv2_mtmd.architectures.unet.MultiDomainPlainConvUNet",
+    "nnunetv2_mtmd.architectures.unet.MultiDomainResEncUNet",
+    "nnunetv2_mtmd.architectures.dsbn.DomainSpecificBatchNorm1d",
+    "nnunetv2_mtmd.architectures.dsbn.DomainSpecificBatchNorm2d",
+    "nnunetv2_mtmd.architectures.dsbn.DomainSpecificBatchNorm3d",
+]
+
+
+def _dotted_strings(obj) -> list[str]:
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _dotted_strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _dotted_strings(v)]
+    prefixes = ("nnunetv2_mtmd.", "torch.", "dynamic_network_architectures.")
+    return [obj] if isinstance(obj, str) and obj.startswith(prefixes) else []
+
+
+@pytest.mark.parametrize("path", HISTORICAL_PLANS_PATHS)
+def test_every_dotted_path_ever_written_resolves(path):
+    import pydoc
+
+    obj = pydoc.locate(path)
+    assert obj is not None and obj.__name__ == path.rsplit(".", 1)[1]
+
+
+def test_every_dotted_path_of_todays_plans_resolves():
+    """The architecture entry today's planner writes (class, norm op, conv op, ...) resolves with nnU-Net's
+    pydoc.locate, and is one of the paths old results folders hold."""
+    import pydoc
+
+    from nnunetv2_mtmd.planning.planners import DSBN_OPS, MTMD_NETWORKS
+
+    stock = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+             "arch_kwargs": {"n_stages": 2, "conv_op": "torch.nn.modules.conv.Conv2d",
+                             "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+                             "nonlin": "torch.nn.LeakyReLU", "dropout_op": None},
+             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+    arch = to_multi_domain_architecture(stock, _spec())
+    paths = _dotted_strings(arch)
+    assert arch["network_class_name"] in paths and arch["arch_kwargs"]["norm_op"] in paths
+    for p in paths:
+        assert pydoc.locate(p) is not None, f"{p} does not resolve"
+    written = set(MTMD_NETWORKS.values()) | set(DSBN_OPS.values())
+    assert written <= set(HISTORICAL_PLANS_PATHS)
+    assert {p for p in paths if p.startswith("nnunetv2_mtmd.")} <= set(HISTORICAL_PLANS_PATHS)
