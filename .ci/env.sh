@@ -9,10 +9,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 STAMP=.venv/.mtmd-installed
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+# Re-install when the package's dependencies or the pinned upstream versions changed since the last install.
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ .ci/constraints.txt -nt "$STAMP" ]; then
   echo "[mtmd] installing nnunetv2-mtmd and its dependencies (first time: a few minutes, ~6 GB)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  # the constraints pin the upstream versions nnunetv2_mtmd/compat.py was written against
+  .venv/bin/python -m pip install --quiet -c .ci/constraints.txt -e ".[test]"
   touch "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

@@ -44,6 +44,7 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from nnunetv2_mtmd.architectures.dsbn import DomainAware, set_domain_index
 from nnunetv2_mtmd.architectures.heads import DomainHeads, validate_domain_label_ids
+from nnunetv2_mtmd.compat import unet_decoder_forward
 from nnunetv2_mtmd.errors import DomainSpecError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ __all__ = [
     "MultiDomainResEncUNet",
     "MultiDomainUNetBase",
     "decode_domain",
+    "unwrap_network",
 ]
 
 HEAD_MODES = ("domain", "shared")
@@ -84,6 +86,23 @@ def decode_domain(x: Tensor, num_domains: int) -> Tensor:
             "usually means the code channel is missing or the tile contains only padding."
         )
     return code - 1
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The plain module inside ``DistributedDataParallel`` and/or ``torch.compile`` wrappers.
+
+    Training (DDP, ``training/ddp.py``) and inference (is the predictor's network multi-domain?) both
+    need the network under nnU-Net's wrappers; it lives here, with the network, so that neither room
+    imports the other."""
+    mod = network
+    for _ in range(4):
+        if isinstance(mod, nn.parallel.DistributedDataParallel):
+            mod = mod.module
+        elif hasattr(mod, "_orig_mod"):  # torch.compile's OptimizedModule
+            mod = mod._orig_mod
+        else:
+            break
+    return mod
 
 
 def _check_domain_idx(domain_idx: Tensor, batch: int, num_domains: int) -> Tensor:
@@ -205,26 +224,14 @@ class MultiDomainUNetBase(AbstractDynamicNetworkArchitectures):
         x = x[:, :-1]
         set_domain_index(self, d)
         skips = self.encoder(x)
-        dec = self.decoder
-        deep_supervision = dec.deep_supervision
-        n_dec = len(dec.stages)
-        lres = skips[-1]
-        seg_outputs: list[Tensor] = []
-        dec_features: list[Tensor] = []
-        for s in range(n_dec):
-            h = dec.transpconvs[s](lres)
-            h = torch.cat((h, skips[-(s + 2)]), 1)
-            h = dec.stages[s](h)
-            if deep_supervision or s == n_dec - 1:
-                seg_outputs.append(self.heads[s](h, d))
-            dec_features.append(h)
-            lres = h
+        # dynamic-network-architectures' UNetDecoder.forward has no hook for other output layers, so the
+        # decoder runs through the copy in compat (tracked against upstream), with the domain heads
+        outputs, dec_features = unet_decoder_forward(self.decoder, skips, lambda s, h: self.heads[s](h, d))
         # The domain indices are always kept (a (B,) tensor, free): losses such as MJAP need them
         # without the stage features.
         self.last_domain_idx = d
         self.last_features = list(skips) + dec_features if self.collect_features else None
-        seg_outputs = seg_outputs[::-1]
-        return seg_outputs if deep_supervision else seg_outputs[0]
+        return outputs
 
     @property
     def deep_supervision(self) -> bool:

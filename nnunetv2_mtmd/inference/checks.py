@@ -22,9 +22,11 @@ a trained model through the trainer class named in the checkpoint
 (``nnUNetTrainerMTMD*.build_network_architecture``). That classmethod calls
 :func:`install_predictor_input_check`, which wraps ``nnUNetPredictor.predict_from_files``,
 ``predict_from_files_sequential``, ``predict_from_list_of_npy_arrays`` and
-``predict_single_npy_array`` once (idempotent). The wrappers run the checks only when the
-predictor's network is a multi-domain U-Net, and otherwise call nnU-Net's method unchanged. The hook
-fails safe: if nnU-Net's API changes so that it cannot be installed, or the checker itself fails
+``predict_single_npy_array`` once (idempotent). The wrappers are a monkeypatch of nnU-Net, so they
+live with the plugin's other upstream patches in :mod:`nnunetv2_mtmd.compat` (re-exported here);
+this module holds the checks they run. The wrappers run the checks only when the predictor's
+network is a multi-domain U-Net, and otherwise call nnU-Net's method unchanged. The hook fails
+safe: if nnU-Net's API changes so that it cannot be installed, or the checker itself fails
 unexpectedly, a warning is logged and prediction runs as in stock nnU-Net, where the network still
 refuses codes outside ``1..K`` (``decode_domain``). The same checks are available without nnU-Net's
 predictor: :func:`check_prediction_inputs`.
@@ -32,8 +34,6 @@ predictor: :func:`check_prediction_inputs`.
 
 from __future__ import annotations
 
-import functools
-import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
+# the predictor hook is an upstream patch: it lives in compat (which imports this module lazily)
+from nnunetv2_mtmd.compat import install_predictor_input_check
 from nnunetv2_mtmd.domains import DomainSpec
-from nnunetv2_mtmd.errors import InputDataError, MTMDError
-
-logger = logging.getLogger(__name__)
+from nnunetv2_mtmd.errors import InputDataError
 
 __all__ = [
     "CODE_TOLERANCE",
@@ -62,7 +62,6 @@ __all__ = [
 CODE_TOLERANCE = 1e-3
 #: At most this many bad cases are listed in one error message.
 MAX_LISTED = 20
-_PATCH_MARK = "_mtmd_input_check"
 
 
 @dataclass(frozen=True)
@@ -223,98 +222,3 @@ def _default_reader(dataset_json: dict[str, Any], example: Path) -> Callable[[Pa
 
     rw = determine_reader_writer_from_dataset_json(dataset_json, str(example), verbose=False)()
     return lambda p: rw.read_images((str(p),))[0]
-
-
-# -------------------------------------------------------------------------------- predictor hook
-def _predictor_spec(predictor: Any) -> DomainSpec | None:
-    """The domain spec of a predictor holding a multi-domain network, else None."""
-    from nnunetv2_mtmd.architectures.unet import MultiDomainUNetBase
-    from nnunetv2_mtmd.training.ddp import unwrap_network
-
-    net = getattr(predictor, "network", None)
-    if net is None or not isinstance(unwrap_network(net), MultiDomainUNetBase):
-        return None
-    return DomainSpec.from_dataset_json(predictor.dataset_json)
-
-
-def _reader_of(predictor: Any) -> Callable[[Path], np.ndarray] | None:
-    pm = getattr(predictor, "plans_manager", None)
-    if pm is None:
-        return None
-    rw = pm.image_reader_writer_class()
-    return lambda p: rw.read_images((str(p),))[0]
-
-
-def _run_checked(predictor: Any, check: Callable[[], list[CaseProblem]]) -> None:
-    try:
-        problems = check()
-    except MTMDError:
-        raise
-    except Exception as e:  # a bug or an API change in the checker must not block prediction
-        logger.warning("nnunetv2-mtmd: the input check was skipped (%s: %s); nnU-Net predicts unchecked input.",
-                       type(e).__name__, e)
-        return
-    raise_for_problems(problems)
-
-
-def _files_check(self, args, kwargs) -> list[CaseProblem]:
-    source = kwargs.get("list_of_lists_or_source_folder", args[0] if args else None)
-    return check_prediction_inputs(source, self.dataset_json, _reader_of(self))
-
-
-def _arrays_check(self, args, kwargs) -> list[CaseProblem]:
-    images = kwargs.get("image_or_list_of_images", args[0] if args else None)
-    names = kwargs.get("truncated_ofname", args[3] if len(args) > 3 else None)
-    images = [images] if isinstance(images, np.ndarray) else list(images)
-    if isinstance(names, str):
-        names = [names]
-    names = list(names) if isinstance(names, (list, tuple)) else [f"#{i}" for i in range(len(images))]
-    return check_prediction_arrays(images, [Path(str(n)).name for n in names], self.dataset_json)
-
-
-def _single_array_check(self, args, kwargs) -> list[CaseProblem]:
-    image = kwargs.get("input_image", args[0] if args else None)
-    name = kwargs.get("output_file_truncated", args[3] if len(args) > 3 else None)
-    return check_prediction_arrays([image], [Path(str(name)).name if name else "#0"], self.dataset_json)
-
-
-_CHECKS: dict[str, Callable] = {
-    "predict_from_files": _files_check,
-    "predict_from_files_sequential": _files_check,
-    "predict_from_list_of_npy_arrays": _arrays_check,
-    "predict_single_npy_array": _single_array_check,
-}
-
-
-def _wrap(method: Callable, check: Callable) -> Callable:
-    @functools.wraps(method)
-    def checked(self, *args, **kwargs):
-        spec = _predictor_spec(self)
-        if spec is not None:
-            _run_checked(self, lambda: check(self, args, kwargs))
-        return method(self, *args, **kwargs)
-
-    setattr(checked, _PATCH_MARK, True)
-    return checked
-
-
-def install_predictor_input_check() -> bool:
-    """Wrap nnU-Net's predictor entry points with the multi-domain input check (idempotent).
-
-    Returns True if the check is installed. Never raises: on failure a warning is logged and
-    nnU-Net runs unchanged."""
-    try:
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    except Exception as e:  # pragma: no cover - nnU-Net without its predictor
-        logger.warning("nnunetv2-mtmd: input check not installed (%s).", e)
-        return False
-    ok = True
-    for name, check in _CHECKS.items():
-        method = getattr(nnUNetPredictor, name, None)
-        if method is None:
-            logger.warning("nnunetv2-mtmd: nnUNetPredictor.%s not found; its input is not checked.", name)
-            ok = False
-            continue
-        if not getattr(method, _PATCH_MARK, False):
-            setattr(nnUNetPredictor, name, _wrap(method, check))
-    return ok

@@ -34,6 +34,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+# unwrap_network moved to the network's module (inference needs it too); re-exported here
+from nnunetv2_mtmd.architectures.unet import unwrap_network
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -107,19 +110,6 @@ def rank_batch(global_batch_size: int, world_size: int, rank: int, num_domains: 
 
 
 # --------------------------------------------------------------------------------------- network
-def unwrap_network(network: nn.Module) -> nn.Module:
-    """The plain module inside ``DistributedDataParallel`` and/or ``torch.compile`` wrappers."""
-    mod = network
-    for _ in range(4):
-        if isinstance(mod, nn.parallel.DistributedDataParallel):
-            mod = mod.module
-        elif hasattr(mod, "_orig_mod"):
-            mod = mod._orig_mod
-        else:
-            break
-    return mod
-
-
 def prepare_network_for_ddp(network: nn.Module, log: Callable[[str], None] = logger.info) -> int:
     """Turn on the cross-rank all-reduce of every domain-specific batch norm of ``network``.
 

@@ -326,3 +326,45 @@ def test_backward_reaches_shared_weights_and_present_heads_only():
     assert (stem.weight.grad != 0).any()
     dsbn = net.encoder.stages[0][0].convs[0].norm
     assert (dsbn.weight.grad[0] != 0).any() and (dsbn.weight.grad[1:] == 0).all()
+
+
+@pytest.mark.parametrize("deep_supervision", [True, False])
+def test_decoder_copy_equals_upstream_decoder_forward(deep_supervision):
+    """compat.unet_decoder_forward with the decoder's own seg_layers is dynamic-network-architectures'
+    UNetDecoder.forward (the installed one), plus the stage outputs."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    from nnunetv2_mtmd.architectures.unet import unwrap_network
+    from nnunetv2_mtmd.compat import unet_decoder_forward
+
+    kw = {k: v for k, v in _kwargs(deep_supervision=deep_supervision).items() if k != "domain_label_ids"}
+    kw.update(input_channels=1, norm_op=nn.BatchNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True})
+    torch.manual_seed(0)
+    net = PlainConvUNet(**kw).eval()
+    skips = net.encoder(torch.randn(2, 1, 32, 32))
+    with torch.no_grad():
+        expected = net.decoder(skips)
+        got, stages = unet_decoder_forward(net.decoder, skips, lambda s, h: net.decoder.seg_layers[s](h))
+    if deep_supervision:
+        assert len(got) == len(expected) == N_STAGES - 1
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert [tuple(s.shape[2:]) for s in stages] == [(8, 8), (16, 16), (32, 32)]  # lowest resolution first
+    assert unwrap_network(net) is net
+
+
+def test_unwrap_network_looks_through_wrappers():
+    from nnunetv2_mtmd.architectures.unet import unwrap_network
+    from nnunetv2_mtmd.training import ddp
+
+    net = _net()
+
+    class Compiled(nn.Module):  # what torch.compile's OptimizedModule looks like to unwrap_network
+        def __init__(self, mod):
+            super().__init__()
+            self._orig_mod = mod
+
+    assert unwrap_network(Compiled(net)) is net and unwrap_network(net) is net
+    assert ddp.unwrap_network is unwrap_network  # the old import path

@@ -16,9 +16,8 @@ from torch import nn
 from nnunetv2_mtmd.architectures.dsbn import DomainSpecificBatchNorm2d
 from nnunetv2_mtmd.architectures.unet import MultiDomainPlainConvUNet
 from nnunetv2_mtmd.cli.embeddings import main as cli_main
-from nnunetv2_mtmd.errors import InputDataError, MTMDError
+from nnunetv2_mtmd.errors import InputDataError
 from nnunetv2_mtmd.evaluation.embeddings import (
-    ModelFolderError,
     SliceRecord,
     _colex_pairs,
     compute_embeddings,
@@ -26,7 +25,6 @@ from nnunetv2_mtmd.evaluation.embeddings import (
     crop_or_pad_slice,
     domain_pair_indices,
     fold_split,
-    locate_model_folder,
     plot_tsne,
     select_slices,
     similarity_markdown,
@@ -278,48 +276,8 @@ def test_similarity_markdown():
     assert "| enc0 | 32 | 0.912 ± 0.045 | - | 10 | 0 |" in md
 
 
-# ------------------------------------------------------------------------- model folder, split
-def _results_tree(root):
-    fold = root / "Dataset950_Joints" / "nnUNetTrainerMTMD__nnUNetPlans__2d" / "fold_0"
-    fold.mkdir(parents=True)
-    (fold / "checkpoint_best.pth").write_bytes(b"x")
-    for f in ("plans.json", "dataset.json"):
-        (fold.parent / f).write_text("{}")
-    return fold
-
-
-@pytest.mark.parametrize(
-    "kwargs, expected",
-    [
-        ({"dataset": 951}, ["951", "Dataset950_Joints"]),
-        ({"trainer": "nnUNetTrainerMTMD_DSL"}, ["nnUNetTrainerMTMD_DSL__nnUNetPlans__2d",
-                                                "nnUNetTrainerMTMD__nnUNetPlans__2d"]),
-        ({"plans": "nnUNetResEncUNetMPlans"}, ["nnUNetTrainerMTMD__nnUNetResEncUNetMPlans__2d",
-                                               "nnUNetTrainerMTMD__nnUNetPlans__2d"]),
-        ({"fold": 3}, ["fold_3", "Existing folds: fold_0"]),
-        ({"fold": "x"}, ["'x'"]),
-        ({"checkpoint_name": "checkpoint_final.pth"}, ["checkpoint_final.pth", "checkpoint_best.pth"]),
-    ],
-)
-def test_locate_model_folder_errors(tmp_path, kwargs, expected):
-    _results_tree(tmp_path)
-    args = {"dataset": 950, "trainer": "nnUNetTrainerMTMD", "plans": "nnUNetPlans", "configuration": "2d",
-            "fold": 0, "checkpoint_name": "checkpoint_best.pth", **kwargs}
-    with pytest.raises(ModelFolderError) as ei:
-        locate_model_folder(results_root=tmp_path, **args)
-    assert isinstance(ei.value, MTMDError)
-    for text in expected:
-        assert text in str(ei.value)
-
-
-def test_locate_model_folder_ok(tmp_path):
-    fold = _results_tree(tmp_path)
-    loc = locate_model_folder("Dataset950_Joints", "nnUNetTrainerMTMD", "nnUNetPlans", "2d", "0",
-                              "checkpoint_best.pth", results_root=tmp_path)
-    assert loc.fold == 0 and loc.checkpoint == fold / "checkpoint_best.pth"
-    assert loc.training_output_dir == fold.parent and loc.dataset_name == "Dataset950_Joints"
-
-
+# ---------------------------------------------------------------------------------- the split
+# (locating and loading the model: tests/inference/test_model.py)
 def test_fold_split(tmp_path):
     ids = [f"a_{i}" for i in range(5)] + [f"b_{i}" for i in range(5)]
     assert fold_split(tmp_path, "all", ids) == (sorted(ids), [])

@@ -3,9 +3,10 @@ code fails with a clear error naming the case, before any output file is written
 
 nnU-Net itself checks none of this (see docs/reliability.md); the plugin's check
 (``nnunetv2_mtmd.inference.checks``) is installed into nnU-Net's predictor when the MTMD trainer
-builds the network. Tested at three levels: the checks on files and arrays, nnU-Net's predictor in
-process (all four entry points, fail-safe behaviour, non-MTMD models untouched), and the real
-``nnUNetv2_predict`` console script.
+builds the network (the wrappers are an upstream patch: ``nnunetv2_mtmd.compat``). Tested at
+three levels: the checks on files and arrays, nnU-Net's predictor in process (all four entry
+points, fail-safe behaviour, non-MTMD models untouched), and the real ``nnUNetv2_predict`` console
+script.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from nnunetv2_mtmd import compat
 from nnunetv2_mtmd.domains import DomainSpec
 from nnunetv2_mtmd.errors import InputDataError
 from nnunetv2_mtmd.inference import checks as ic
@@ -183,7 +185,7 @@ def test_hook_fails_safe_and_ignores_other_models(model, tmp_path, monkeypatch, 
     monkeypatch.setattr(ic, "check_prediction_inputs", lambda *a, **kw: called.append(1) or [])
     monkeypatch.setattr(ic, "check_prediction_arrays", lambda *a, **kw: called.append(1) or [])
     pred.network = torch.nn.Identity()
-    assert ic._predictor_spec(pred) is None
+    assert compat._predictor_spec(pred) is None
     with pytest.raises(Exception):  # noqa: B017 - nnU-Net's own failure with this fake network
         pred.predict_single_npy_array(np.zeros((2, *SHAPE), np.float32), {"spacing": [2.0, 1.0, 1.0]})
     assert not called
@@ -195,7 +197,7 @@ def test_install_is_idempotent():
     assert ic.install_predictor_input_check()
     first = nnUNetPredictor.predict_from_files
     assert ic.install_predictor_input_check()
-    assert nnUNetPredictor.predict_from_files is first and getattr(first, ic._PATCH_MARK)
+    assert nnUNetPredictor.predict_from_files is first and getattr(first, compat._PATCH_MARK)
     assert first.__wrapped__.__name__ == "predict_from_files"
 
 
