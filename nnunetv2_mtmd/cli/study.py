@@ -1,4 +1,4 @@
-"""``nnUNetv2_mtmd_study``: the real-data ablation study, end to end and resumable (nnunetv2_mtmd/study/)."""
+"""``nnUNetv2_mtmd_study``: the real-data ablation study, end to end and resumable (nnunetv2_mtmd/apps/study/)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ continues where it stopped (finished models are skipped, interrupted ones contin
 Stages (--stage): prepare (copy + merge + plan + coarse plans variant + preprocess + splits), train
 (nnUNetv2_train per fold and scheme), evaluate (gather held-out predictions, nnUNetv2_mtmd_postprocess,
 nnUNetv2_mtmd_evaluate with and without post-processing, nnUNetv2_mtmd_compare,
-nnUNetv2_mtmd_embeddings of the best multi-domain scheme), report (results.md). 'all' runs them in
+nnUNetv2_mtmd_embeddings of every multi-domain scheme), report (results.md). 'all' runs them in
 order and evaluates + reports after every finished fold. 'measure' times a few iterations of every
 trainer (after prepare) and prints the expected hours of the budget. 'status' prints every model's
 state and the remaining training time (read-only; works while the study runs; pass --jobs as used).

@@ -10,34 +10,47 @@ One resumable pipeline with its own nnU-Net folders under a work directory (neve
    ``nnUNetPlannerMTMD`` for the merged set); then write one plans variant ``nnUNetPlans_study``
    per dataset whose ``2d`` configuration uses the SAME coarse in-plane spacing, patch size, batch
    size and maximum width for every dataset (:func:`coarse_2d_plans`, network topology from
-   nnU-Net's ``get_pool_and_conv_props``), and preprocess it (``nnUNetv2_preprocess -plans_name``).
+   nnU-Net's ``get_pool_and_conv_props``) and records the budget (key ``mtmd_study_budget``), and
+   preprocess it (``nnUNetv2_preprocess -plans_name``).
    Splits: a domain-stratified 5-fold split of the merged set (:func:`domain_stratified_kfold`),
    and for every source dataset the SAME held-out cases (:func:`individual_splits`).
 2. **train**: for every fold and scheme ``nnUNetv2_train ... -device cpu`` in a subprocess with the
    budget trainers of :mod:`nnunetv2_mtmd.training.trainers.study`; resumable (``--c`` from a
-   checkpoint, ``--val`` when only the final validation is missing, skipped when done). The budget
-   is equal exposure (DESIGN.md): an Individual model trains ``I`` iterations, a multi-domain model
-   ``K * I`` iterations with the same batch size, so every domain's images are seen equally often and
-   the multi-domain model costs as much as the K Individual models together (:class:`StudyBudget`).
+   checkpoint, ``--val`` when only the final validation is missing, skipped when done). The trainers
+   read the budget from the plans (:mod:`~nnunetv2_mtmd.apps.study.plans`; plans of work folders
+   prepared before they carried it get it first), so every results folder's plans.json records it.
+   The budget is equal exposure (docs/design.md): an Individual model trains ``I`` iterations, a
+   multi-domain model ``K * I`` iterations with the same batch size, so every domain's images are seen
+   equally often and the multi-domain model costs as much as the K Individual models together
+   (:class:`StudyBudget`).
 3. **evaluate**: nnU-Net's final validation of each fold (``fold_X/validation``) holds the held-out
    predictions; they are gathered per scheme over the finished folds into the unified label space
    (Individual predictions remapped with the domain block's label mapping and prefixed with the
    domain, :func:`unify_individual_prediction`), post-processed (``nnUNetv2_mtmd_postprocess``),
    evaluated with and without post-processing (``nnUNetv2_mtmd_evaluate``), compared
-   (``nnUNetv2_mtmd_compare``, KS against Individual), and the embeddings of every multi-domain
-   scheme's model of the first fold are analysed (``nnUNetv2_mtmd_embeddings``).
+   (``nnUNetv2_mtmd_compare``, KS against Individual): those three as the library functions behind
+   the console scripts, in this process, recorded as the equivalent commands; and the embeddings of
+   every multi-domain scheme's model of the first fold are analysed (``nnUNetv2_mtmd_embeddings``).
 4. **report**: ``results.md`` built only from the CSV/JSON files written by those commands, with
    the hardware, budget, commands and a discussion section left to a human.
 
 Every step logs to ``DIR/study_log.txt`` (subprocess output in ``DIR/logs/``) and records itself in
 ``DIR/state.json``; running again continues where it stopped. ``--stage measure`` times a few
-iterations of every trainer to choose the budget. See docs/study.md.
+iterations of every trainer to choose the budget (its shorter budget in its own plans variant
+``nnUNetPlans_study_measure``). See docs/study.md.
 
-Modules, in pipeline order: :mod:`~nnunetv2_mtmd.apps.study.constants`, :mod:`~nnunetv2_mtmd.apps.study.budget`
-(budget and plans), :mod:`~nnunetv2_mtmd.apps.study.data` (sources, splits, label remapping),
-:mod:`~nnunetv2_mtmd.apps.study.state` (``state.json``, hardware, commit), :mod:`~nnunetv2_mtmd.apps.study.progress`
-(training status and timings from nnU-Net's files), :mod:`~nnunetv2_mtmd.apps.study.pipeline` (:class:`Study`)
-and :mod:`~nnunetv2_mtmd.apps.study.report` (``results.md``). Every name is importable from here.
+Modules: :mod:`~nnunetv2_mtmd.apps.study.constants`, :mod:`~nnunetv2_mtmd.apps.study.budget`
+(budget and coarse plans), :mod:`~nnunetv2_mtmd.apps.study.plans` (the plans files and the budget in
+them), :mod:`~nnunetv2_mtmd.apps.study.data` (sources, splits, label remapping),
+:mod:`~nnunetv2_mtmd.apps.study.state` (``state.json``, hardware, commit),
+:mod:`~nnunetv2_mtmd.apps.study.progress` (training status and timings from nnU-Net's files),
+:mod:`~nnunetv2_mtmd.apps.study.runner` (commands, library steps, lock, log),
+:mod:`~nnunetv2_mtmd.apps.study.context` (:class:`StudyContext`, what every stage shares), the stages
+in :mod:`~nnunetv2_mtmd.apps.study.stages` (prepare, train, evaluate, report, measure, status),
+:mod:`~nnunetv2_mtmd.apps.study.pipeline` (:class:`Study`, running the stages in order), and
+``results.md`` in :mod:`~nnunetv2_mtmd.apps.study.report` (given a :class:`ReportData`; tables in
+:mod:`~nnunetv2_mtmd.apps.study.report_tables`, the kept discussion in
+:mod:`~nnunetv2_mtmd.apps.study.discussion`). Every name is importable from here.
 """
 
 from nnunetv2_mtmd.apps.study.budget import (  # noqa: F401

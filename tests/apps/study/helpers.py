@@ -38,3 +38,13 @@ def make_sources(root: Path, n_cases: int = 5) -> Path:
                                         ("Shoulder", ["humerus", "scapula"]))):
         make_raw_dataset(src, 901 + i, name, labels, n_cases=n_cases, shape=(4, 24, 24), seed=i)
     return src
+
+
+def stock_plans() -> dict:
+    """A minimal nnU-Net plans file with a ``2d`` configuration (what :func:`coarse_2d_plans` reads)."""
+    ak = {"n_stages": 6, "features_per_stage": [32, 64, 128, 256, 512, 512], "kernel_sizes": [[3, 3]] * 6,
+          "strides": [[1, 1]] + [[2, 2]] * 5, "n_conv_per_stage": [2] * 6, "n_conv_per_stage_decoder": [2] * 5}
+    conf = {"data_identifier": "nnUNetPlans_2d", "batch_size": 26, "patch_size": [192, 192], "spacing": [2.0, 2.0],
+            "median_image_size_in_voxels": [175.0, 175.0],
+            "architecture": {"network_class_name": "a.PlainConvUNet", "arch_kwargs": ak}}
+    return {"plans_name": "nnUNetPlans", "configurations": {"2d": conf, "3d_fullres": {"x": 1}}}

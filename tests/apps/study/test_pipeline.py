@@ -243,8 +243,9 @@ def test_fold_components_counts_parts_in_the_folds_training_labels_only(tmp_path
               {"train": ["hip_c", "knee_a"], "val": ["hip_a", "hip_b"]}]
     save_json(splits, study.pre / study.merged / "splits_final.json")
     # fold 0 trains on the two-part hips; fold 1's only training hip has one part (its held-out hips do not count)
-    assert json.loads(study.evaluation.fold_components(0).read_text()) == {"knee_femur": 1, "knee_tibia": 1, "hip_femur": 2}
-    assert json.loads(study.evaluation.fold_components(1).read_text()) == {"knee_femur": 1, "knee_tibia": 1, "hip_femur": 1}
+    ev_stage = study.evaluation
+    assert json.loads(ev_stage.fold_components(0).read_text()) == {"knee_femur": 1, "knee_tibia": 1, "hip_femur": 2}
+    assert json.loads(ev_stage.fold_components(1).read_text()) == {"knee_femur": 1, "knee_tibia": 1, "hip_femur": 1}
     text = components_text(study.dir / "evaluation", [0, 1])
     assert "(fold 0: hip_femur 2; fold 1: none)" in text
     ev = study.dir / "evaluation"
@@ -257,3 +258,27 @@ def test_fold_components_counts_parts_in_the_folds_training_labels_only(tmp_path
     row = {"fold": 1, "label": 3, "name": "hip_femur", "components": 2, "kept": 1, "voxels": 6, "voxels_removed": 3}
     assert cut == {"folds": [0, 1], "structures": 3,
                    "cut": [{**row, "case": "hip_a"}, {**row, "case": "hip_b"}]}
+
+
+def test_runner_records_library_steps_and_names_the_step_of_a_failure(tmp_path, capsys):
+    from nnunetv2_mtmd.apps.study import StudyRunner, StudyState
+
+    state = StudyState(tmp_path / "state.json")
+    runner = StudyRunner(tmp_path, state)
+    calls = []
+    runner.library("compare", ["nnUNetv2_mtmd_compare", "a b", "-o", "out"], lambda: calls.append(1))
+    assert calls == [1] and state.data["commands"] == ["nnUNetv2_mtmd_compare 'a b' -o out"]
+
+    def fail():
+        raise InputDataError("no slices.csv in a")
+
+    with pytest.raises(StudyError, match="Step 'compare' failed: nnUNetv2_mtmd_compare x\nno slices.csv in a"):
+        runner.library("compare", ["nnUNetv2_mtmd_compare", "x"], fail)
+    with pytest.raises(StudyError, match=r"Step 'merge' failed \(exit code 1\) after"):
+        runner.command("merge", ["false"], "prepare", dict(os.environ))
+    assert (tmp_path / "logs" / "prepare.txt").read_text().endswith("$ false\n")
+    dry = StudyRunner(tmp_path / "dry", StudyState(tmp_path / "dry" / "state.json"), dry=True)
+    dry.library("compare", ["nnUNetv2_mtmd_compare", "x"], fail)  # printed, not run
+    dry.note("a Python step")
+    assert capsys.readouterr().out == "nnUNetv2_mtmd_compare x\n# a Python step\n"
+    assert not (tmp_path / "dry").exists()

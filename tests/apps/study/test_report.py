@@ -1,4 +1,5 @@
-"""nnunetv2_mtmd/apps/study/report.py, report_tables.py, discussion.py: report tables with hand-computed values and the kept discussion."""
+"""nnunetv2_mtmd/apps/study/report.py, report_tables.py, discussion.py: report tables with hand-computed values
+and the kept discussion."""
 
 from __future__ import annotations
 

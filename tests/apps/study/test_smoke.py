@@ -56,6 +56,12 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     log = next((work / "nnUNet_results" / "Dataset950_MSKBonesMR" / "nnUNetTrainerMTMD_DSL_study__nnUNetPlans_study__2d"
                 / "fold_0").glob("training_log_*.txt")).read_text()
     assert "1 epochs x 6 iterations = 6 iterations" in log
+    # the budget came from the plans (not the environment), and the results folder records it
+    assert "Budget from plans 'nnUNetPlans_study'['mtmd_study_budget']" in log
+    assert plans["mtmd_study_budget"]["iterations"] == 2
+    results_plans = json.loads((work / "nnUNet_results" / "Dataset950_MSKBonesMR"
+                                / "nnUNetTrainerMTMD_DSL_study__nnUNetPlans_study__2d" / "plans.json").read_text())
+    assert results_plans["mtmd_study_budget"] == plans["mtmd_study_budget"]
     # --jobs 2: two trainings at once, each with its share of the cores
     from nnunetv2_mtmd.apps.study import THREADS_ENV, job_threads
 
@@ -86,6 +92,7 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     # neither an Individual model (remapped) nor DSL's per-domain heads can output another domain's label
     assert text.count("another domain (not scored above; post-processing sets them to background): none.") == 2
     assert "To be written by a human" in text
+    assert "MTMD_STUDY_BUDGET" not in text and "record it (key `mtmd_study_budget`)" in text
     for scheme in ("Individual", "DSL"):
         summ = json.loads((work / "evaluation" / scheme / "raw" / "summary.json").read_text())
         for metric in ("dice", "sensitivity"):
