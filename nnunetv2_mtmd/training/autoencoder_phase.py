@@ -126,65 +126,32 @@ def _matching(path: Path, fingerprint: dict[str, Any], log: Callable[[str], None
     return False
 
 
-def train_autoencoder(
-    ae: LabelAutoencoder,
-    train_batches: Iterator[dict],
-    val_batches: Iterator[dict],
-    iterations: int,
-    device: torch.device,
-    folder: Path,
-    log: Callable[[str], None],
-    lambda1: float = 0.05,
-    temperature: float = 0.1,
-    lr: float = 1e-2,
-    save_every: int = 50,
-    val_batches_per_check: int = 4,
-    train_cases: list[str] | None = None,
-    distributed: bool | None = None,
-) -> AutoencoderPhaseState:
-    """Train ``ae`` for ``iterations`` steps, then freeze it; resumable (see the module docstring).
+def _reuse_finished(final: Path, fingerprint: dict, iterations: int, ae: LabelAutoencoder, device: torch.device,
+                    log: Callable[[str], None]) -> AutoencoderPhaseState | None:
+    """The state of a finished autoencoder of this run in ``final`` (loaded into ``ae`` and frozen), or
+    None when there is none or it ran another number of iterations."""
+    if not _matching(final, fingerprint, log):
+        return None
+    done = read_state_file(final)
+    if bool(done.get("finished")) and int(done.get("iterations_done", -1)) == iterations:
+        st = load_state(final, ae, None, device)
+        freeze(ae)
+        log(f"MJAP autoencoder: reusing the finished autoencoder {final} ({st.iterations_done} iterations); "
+            "delete it to train it again.")
+        return st
+    log(f"WARNING: {final.name} holds {done.get('iterations_done')} iterations, this run asks for "
+        f"{iterations}: training the autoencoder again.")
+    return None
 
-    Args:
-        train_cases: identifiers of the training split (part of the fingerprint that decides
-            whether a file in ``folder`` belongs to this run); None skips that part.
-        distributed: train one autoencoder over all ranks (default: whenever torch.distributed is
-            initialised with more than one process).
 
-    Returns the final state; the history holds ``{"iteration", "ce", "msc", "val_dice"}`` entries."""
-    from nnunetv2_mtmd.training.ddp import average_gradients, broadcast_module_state, dist_active
+def _run_steps(ae: LabelAutoencoder, opt: torch.optim.Optimizer, st: AutoencoderPhaseState,
+               train_batches: Iterator[dict], val_batches: Iterator[dict], iterations: int, device: torch.device,
+               partial: Path, log: Callable[[str], None], *, lambda1: float, temperature: float, lr: float,
+               save_every: int, val_batches_per_check: int, distributed: bool, is_main: bool) -> None:
+    """The training iterations from ``st.iterations_done`` to ``iterations``; every ``save_every``
+    iterations (and at the end) a validation entry in ``st.history`` and the partial file."""
+    from nnunetv2_mtmd.training.ddp import average_gradients
 
-    folder = Path(folder)
-    distributed = dist_active() if distributed is None else bool(distributed and dist_active())
-    is_main = not distributed or torch.distributed.get_rank() == 0
-    fingerprint = phase_fingerprint(ae, train_cases, lambda1, temperature, lr)
-    final, partial = folder / AE_FILE, folder / AE_PARTIAL_FILE
-
-    if _matching(final, fingerprint, log):
-        done = read_state_file(final)
-        if bool(done.get("finished")) and int(done.get("iterations_done", -1)) == iterations:
-            st = load_state(final, ae, None, device)
-            freeze(ae)
-            log(f"MJAP autoencoder: reusing the finished autoencoder {final} ({st.iterations_done} iterations); "
-                "delete it to train it again.")
-            return st
-        log(f"WARNING: {final.name} holds {done.get('iterations_done')} iterations, this run asks for "
-            f"{iterations}: training the autoencoder again.")
-
-    for p in ae.parameters():  # AnatomicalPriorLoss froze it at construction; this phase trains it
-        p.requires_grad_(True)
-    if distributed:
-        from nnunetv2_mtmd.architectures.dsbn import set_dsbn_sync
-
-        set_dsbn_sync(ae, True)
-    opt = torch.optim.Adam(ae.parameters(), lr=lr)
-    st = AutoencoderPhaseState(fingerprint=fingerprint)
-    if _matching(partial, fingerprint, log):
-        st = load_state(partial, ae, opt, device)
-        st.fingerprint = fingerprint
-        log(f"MJAP autoencoder: resuming from {partial.name} at iteration {st.iterations_done}/{iterations}")
-    if distributed:
-        broadcast_module_state(ae)
-    ae.train()
     bar = tqdm(range(st.iterations_done, iterations), desc="label autoencoder", disable=None if is_main else True)
     ce_sum = msc_sum = 0.0
     n = 0
@@ -211,6 +178,63 @@ def train_autoencoder(
             if is_main:
                 save_state(partial, ae, opt, st)
             ae.train()
+
+
+def train_autoencoder(
+    ae: LabelAutoencoder,
+    train_batches: Iterator[dict],
+    val_batches: Iterator[dict],
+    iterations: int,
+    device: torch.device,
+    folder: Path,
+    log: Callable[[str], None],
+    lambda1: float = 0.05,
+    temperature: float = 0.1,
+    lr: float = 1e-2,
+    save_every: int = 50,
+    val_batches_per_check: int = 4,
+    train_cases: list[str] | None = None,
+    distributed: bool | None = None,
+) -> AutoencoderPhaseState:
+    """Train ``ae`` for ``iterations`` steps, then freeze it; resumable (see the module docstring).
+
+    Args:
+        train_cases: identifiers of the training split (part of the fingerprint that decides
+            whether a file in ``folder`` belongs to this run); None skips that part.
+        distributed: train one autoencoder over all ranks (default: whenever torch.distributed is
+            initialised with more than one process).
+
+    Returns the final state; the history holds ``{"iteration", "ce", "msc", "val_dice"}`` entries."""
+    from nnunetv2_mtmd.training.ddp import broadcast_module_state, dist_active
+
+    folder = Path(folder)
+    distributed = dist_active() if distributed is None else bool(distributed and dist_active())
+    is_main = not distributed or torch.distributed.get_rank() == 0
+    fingerprint = phase_fingerprint(ae, train_cases, lambda1, temperature, lr)
+    final, partial = folder / AE_FILE, folder / AE_PARTIAL_FILE
+
+    reused = _reuse_finished(final, fingerprint, iterations, ae, device, log)
+    if reused is not None:
+        return reused
+
+    for p in ae.parameters():  # AnatomicalPriorLoss froze it at construction; this phase trains it
+        p.requires_grad_(True)
+    if distributed:
+        from nnunetv2_mtmd.architectures.dsbn import set_dsbn_sync
+
+        set_dsbn_sync(ae, True)
+    opt = torch.optim.Adam(ae.parameters(), lr=lr)
+    st = AutoencoderPhaseState(fingerprint=fingerprint)
+    if _matching(partial, fingerprint, log):
+        st = load_state(partial, ae, opt, device)
+        st.fingerprint = fingerprint
+        log(f"MJAP autoencoder: resuming from {partial.name} at iteration {st.iterations_done}/{iterations}")
+    if distributed:
+        broadcast_module_state(ae)
+    ae.train()
+    _run_steps(ae, opt, st, train_batches, val_batches, iterations, device, partial, log, lambda1=lambda1,
+               temperature=temperature, lr=lr, save_every=save_every, val_batches_per_check=val_batches_per_check,
+               distributed=distributed, is_main=is_main)
     st.finished = True
     if distributed:
         broadcast_module_state(ae)
