@@ -26,13 +26,16 @@ The copies and patches:
 - :func:`install_predictor_input_check`: wraps four ``nnUNetPredictor`` entry points with the
   multi-domain input check (the check itself is :mod:`nnunetv2_mtmd.inference.checks`).
 
-Plugin code outside this module that re-implements upstream logic instead of copying it (a
-"mirror": ``nnunetv2_mtmd.inference.model.load_trained_network``,
-``nnunetv2_mtmd.inference.predictor.load_predictor``, ``nnunetv2_mtmd.training.ddp.rank_batch``) is
-tracked here too, so that upstream changes to what they follow are noticed the same way.
+Plugin code outside this module that re-implements upstream logic instead of copying it or relies on
+what an upstream function produces (a "mirror": ``nnunetv2_mtmd.inference.model.load_trained_network``,
+``nnunetv2_mtmd.inference.predictor.load_predictor``, ``nnunetv2_mtmd.training.ddp.rank_batch``,
+``nnunetv2_mtmd.training.checkpoint.load_checkpoint_file``) is tracked here too, so that upstream
+changes to what they follow are noticed the same way.
 
-Imports of nnunetv2_mtmd are lazy (inside the functions): this module sits below every room of the
-package (training and inference both call it) and must not create import cycles.
+This module sits at the bottom of the package (training, inference and architectures call it) and
+imports nothing of nnunetv2_mtmd at module level; the predictor wrappers import
+:mod:`nnunetv2_mtmd.inference.checks` when they are installed (the one upward import, a patch
+installing the checks it runs), which avoids import cycles. docs/design.md, "Upstream code".
 """
 
 from __future__ import annotations
@@ -53,7 +56,6 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunetv2_mtmd.domains import DomainSpec
     from nnunetv2_mtmd.inference.checks import CaseProblem
 
 logger = logging.getLogger(__name__)
@@ -177,6 +179,15 @@ UPSTREAM: tuple[UpstreamCopy, ...] = (
         "the nnUNetPredictor arguments nnUNetv2_predict uses (tile step size, gaussian, mirroring, "
         "perform_everything_on_device, verbosity) and its initialize_from_trained_model_folder call; carry "
         "changes into inference.predictor.load_predictor",
+    ),
+    UpstreamCopy(
+        f"{_TRAINER}.save_checkpoint", _NNUNET, _NNUNET_VERSION,
+        "de4f196c42e6bcf522641d62c8e30af2c4c094f8c541943e07bbb39b965c3307",
+        "nnunetv2_mtmd.training.checkpoint.load_checkpoint_file", "mirror",
+        "the checkpoint's keys and the types of its values: the plugin reads checkpoints with "
+        "torch.load(weights_only=True) and allows only the numpy scalar / dtype types nnU-Net stores "
+        "(training.checkpoint.NUMPY_SAFE_GLOBALS); new keys or types need the allowlist (and "
+        "inference.model.load_trained_network) re-checked, then tests/reliability/test_checkpoints.py",
     ),
     UpstreamCopy(
         f"{_TRAINER}._set_batch_size_and_oversample", _NNUNET, _NNUNET_VERSION,
@@ -376,18 +387,6 @@ def compute_fingerprint(dataset_name: str) -> dict[str, Any]:
 _PATCH_MARK = "_mtmd_input_check"
 
 
-def _predictor_spec(predictor: Any) -> DomainSpec | None:
-    """The domain spec of a predictor holding a multi-domain network, else None (stock models are
-    never checked)."""
-    from nnunetv2_mtmd.architectures.unet import MultiDomainUNetBase, unwrap_network
-    from nnunetv2_mtmd.domains import DomainSpec
-
-    net = getattr(predictor, "network", None)
-    if net is None or not isinstance(unwrap_network(net), MultiDomainUNetBase):
-        return None
-    return DomainSpec.from_dataset_json(predictor.dataset_json)
-
-
 def _reader_of(predictor: Any) -> Callable[[Path], np.ndarray] | None:
     """The predictor's image reader (``plans_manager.image_reader_writer_class``) as ``path -> array``."""
     pm = getattr(predictor, "plans_manager", None)
@@ -451,10 +450,12 @@ _CHECKS: dict[str, Callable[[Any, tuple, dict], list[CaseProblem]]] = {
 def _wrap(method: Callable, check: Callable[[Any, tuple, dict], list[CaseProblem]]) -> Callable:
     """``method`` preceded by ``check`` for multi-domain networks (``__wrapped__`` is nnU-Net's method)."""
 
+    from nnunetv2_mtmd.inference import checks
+
     @functools.wraps(method)
     def checked(self, *args, **kwargs):
-        spec = _predictor_spec(self)
-        if spec is not None:
+        # only multi-domain networks are checked: stock nnU-Net models predict exactly as before
+        if checks.predictor_domain_spec(self) is not None:
             _run_checked(self, lambda: check(self, args, kwargs))
         return method(self, *args, **kwargs)
 

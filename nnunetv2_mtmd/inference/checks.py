@@ -55,6 +55,7 @@ __all__ = [
     "check_prediction_inputs",
     "group_input_files",
     "install_predictor_input_check",
+    "predictor_domain_spec",
     "raise_for_problems",
 ]
 
@@ -211,6 +212,17 @@ def raise_for_problems(problems: Sequence[CaseProblem], what: str = "input case(
         "written. Every case needs its image channel(s) and, as last channel, a constant image holding its "
         "domain code (nnunetv2-mtmd input check):\n" + "\n".join(lines)
     )
+
+
+def predictor_domain_spec(predictor: Any) -> DomainSpec | None:
+    """The domain spec of an nnU-Net predictor whose network is a multi-domain U-Net (looked up under
+    DDP / torch.compile wrappers), else None: the predictor hook checks only those."""
+    from nnunetv2_mtmd.architectures.unet import MultiDomainUNetBase, unwrap_network
+
+    net = getattr(predictor, "network", None)
+    if net is None or not isinstance(unwrap_network(net), MultiDomainUNetBase):
+        return None
+    return DomainSpec.from_dataset_json(predictor.dataset_json)
 
 
 def _fmt(chans: list[int]) -> str:

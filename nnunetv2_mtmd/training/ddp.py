@@ -89,8 +89,10 @@ def rank_batch(global_batch_size: int, world_size: int, rank: int, num_domains: 
     The global batch is rounded up to a multiple of ``world_size * K``
     (:func:`balanced_global_batch_size`) and split equally, so every rank holds ``B / (W K)``
     samples of each domain. Oversampling follows nnU-Net's
-    ``nnUNetTrainer._set_batch_size_and_oversample``: the last ``round(B * p)`` slots of the global
-    batch force foreground, and each rank gets the share of them that falls into its slice.
+    ``nnUNetTrainer._set_batch_size_and_oversample`` (nnunetv2 2.8.1; re-implemented rather than
+    called, since nnU-Net's method sets the trainer's attributes from the plans' batch size, tracked
+    in :data:`nnunetv2_mtmd.compat.UPSTREAM`): the last ``round(B * p)`` slots of the global batch
+    force foreground, and each rank gets the share of them that falls into its slice.
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise ValueError(f"rank_batch: rank must be in 0..{world_size - 1}, found {rank!r}.")

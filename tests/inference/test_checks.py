@@ -185,7 +185,7 @@ def test_hook_fails_safe_and_ignores_other_models(model, tmp_path, monkeypatch, 
     monkeypatch.setattr(ic, "check_prediction_inputs", lambda *a, **kw: called.append(1) or [])
     monkeypatch.setattr(ic, "check_prediction_arrays", lambda *a, **kw: called.append(1) or [])
     pred.network = torch.nn.Identity()
-    assert compat._predictor_spec(pred) is None
+    assert ic.predictor_domain_spec(pred) is None
     with pytest.raises(Exception):  # noqa: B017 - nnU-Net's own failure with this fake network
         pred.predict_single_npy_array(np.zeros((2, *SHAPE), np.float32), {"spacing": [2.0, 1.0, 1.0]})
     assert not called

@@ -9,6 +9,7 @@ import torch
 
 from nnunetv2_mtmd import compat
 from nnunetv2_mtmd.errors import InputDataError
+from nnunetv2_mtmd.inference.checks import predictor_domain_spec
 from nnunetv2_mtmd.inference.model import ModelFolderError
 from nnunetv2_mtmd.inference.predictor import load_predictor
 from tests.reliability.model_folder import SHAPE, make_model_folder, write_case
@@ -29,7 +30,7 @@ def test_load_predictor_as_nnunetv2_predict(model, tmp_path):
     assert pred.tile_step_size == 0.5 and pred.use_gaussian and not pred.use_mirroring
     assert pred.device == torch.device("cpu") and not pred.perform_everything_on_device
     assert len(pred.list_of_parameters) == 1 and pred.trainer_name == "nnUNetTrainerMTMD_DSL"
-    assert compat._predictor_spec(pred) is not None  # a multi-domain network: its input is checked
+    assert predictor_domain_spec(pred) is not None  # a multi-domain network: its input is checked
     assert getattr(nnUNetPredictor.predict_from_files, compat._PATCH_MARK)
     assert load_predictor(model, torch.device("cpu"), folds=None).use_mirroring  # auto-detected fold 0
     assert load_predictor(model, "cpu", folds="0").list_of_parameters
