@@ -95,6 +95,62 @@ def _describe_labels(ids: list[int], spec: DomainSpec) -> str:
     return ", ".join(f"{i} ({names.get(i, 'not a label of this dataset')})" for i in ids)
 
 
+def _check_folders(pred_folder: Path, output_folder: Path, input_folder: Path | None) -> None:
+    """The prediction (and ``--input``) folders exist and the output folder lies outside the predictions."""
+    if not pred_folder.is_dir():
+        raise InputDataError(f"Prediction folder {pred_folder} does not exist.")
+    if paths_overlap(pred_folder, output_folder):
+        raise InputDataError(
+            f"Output folder {output_folder} and prediction folder {pred_folder} overlap; write to a separate "
+            "folder."
+        )
+    if input_folder is not None and not Path(input_folder).is_dir():
+        raise InputDataError(f"Input folder {input_folder} (--input) does not exist.")
+
+
+def _assign_domains(
+    preds: list[Path], spec: DomainSpec, fe: str, user_domain: Domain | None, input_folder: Path | None
+) -> dict[Path, tuple[str, Domain, str]]:
+    """``{prediction: (case id, domain, output file name)}``; two cases with one output file are an error."""
+    # resolve every domain first, so that a case no rule resolves fails before anything is read
+    assigned = {}
+    for p in preds:
+        case = p.name[: -len(fe)]
+        dom = domain_of_prediction(case, spec, fe, user_domain, input_folder)
+        out_name = (case[len(dom.name) + 1 :] if case.startswith(f"{dom.name}_") else case) + fe
+        assigned[p] = (case, dom, out_name)
+    targets: dict[tuple[str, str], str] = {}
+    for case, dom, out_name in assigned.values():
+        key = (dom.name, out_name)
+        if key in targets:
+            raise InputDataError(
+                f"Predictions '{targets[key]}' and '{case}' would both be written to {dom.name}/{out_name}; "
+                "rename one of them."
+            )
+        targets[key] = case
+    return assigned
+
+
+def _to_original_labels(p: Path, case: str, dom: Domain, spec: DomainSpec) -> sitk.Image:
+    """Prediction ``p`` (case ``case`` of domain ``dom``) in the domain's original label ids."""
+    img = read_image(p)
+    arr = label_array(img, p)
+    mapping = dom.unified_to_original()
+    orig, unknown = remap_labels(arr, mapping)
+    if unknown:
+        raise InputDataError(
+            f"Prediction {p} (case '{case}', domain '{dom.name}') contains label(s) "
+            f"{_describe_labels(unknown, spec)} that do not belong to domain '{dom.name}' (its "
+            f"labels: {_describe_labels([0, *dom.unified_ids], spec)}). Check the case's domain "
+            "(case-id prefix, --domain or code channel) and that the prediction comes from this "
+            "dataset's model."
+        )
+    max_id = max(lab.original_id for lab in dom.labels)
+    out = sitk.GetImageFromArray(orig.astype(np.uint8 if max_id <= 255 else np.uint16))
+    out.CopyInformation(img)
+    return out
+
+
 def export_labels(
     pred_folder: Path,
     output_folder: Path,
@@ -128,56 +184,19 @@ def export_labels(
         else None
     )
     pred_folder, output_folder = Path(pred_folder), Path(output_folder)
-    if not pred_folder.is_dir():
-        raise InputDataError(f"Prediction folder {pred_folder} does not exist.")
-    if paths_overlap(pred_folder, output_folder):
-        raise InputDataError(
-            f"Output folder {output_folder} and prediction folder {pred_folder} overlap; write to a separate "
-            "folder."
-        )
-    if input_folder is not None and not Path(input_folder).is_dir():
-        raise InputDataError(f"Input folder {input_folder} (--input) does not exist.")
+    _check_folders(pred_folder, output_folder, input_folder)
     preds = sorted(p for p in pred_folder.iterdir() if p.name.endswith(fe) and not p.name.startswith("."))
     if not preds:
         raise InputDataError(
             f"No predictions in {pred_folder}: expected files <case>{fe} (file ending from {dj_path})."
         )
-    # resolve every domain first, so that a case no rule resolves fails before anything is read
-    assigned = {}
-    for p in preds:
-        case = p.name[: -len(fe)]
-        dom = domain_of_prediction(case, spec, fe, user_domain, input_folder)
-        out_name = (case[len(dom.name) + 1 :] if case.startswith(f"{dom.name}_") else case) + fe
-        assigned[p] = (case, dom, out_name)
-    targets: dict[tuple[str, str], str] = {}
-    for case, dom, out_name in assigned.values():
-        key = (dom.name, out_name)
-        if key in targets:
-            raise InputDataError(
-                f"Predictions '{targets[key]}' and '{case}' would both be written to {dom.name}/{out_name}; "
-                "rename one of them."
-            )
-        targets[key] = case
+    assigned = _assign_domains(preds, spec, fe, user_domain, input_folder)
     written: dict[str, list[Path]] = {}
     with atomic_output_dir(output_folder, overwrite=overwrite) as tmp:
         for p, (case, dom, out_name) in tqdm(
             assigned.items(), desc="export_labels", unit="case", disable=not progress
         ):
-            img = read_image(p)
-            arr = label_array(img, p)
-            mapping = dom.unified_to_original()
-            orig, unknown = remap_labels(arr, mapping)
-            if unknown:
-                raise InputDataError(
-                    f"Prediction {p} (case '{case}', domain '{dom.name}') contains label(s) "
-                    f"{_describe_labels(unknown, spec)} that do not belong to domain '{dom.name}' (its "
-                    f"labels: {_describe_labels([0, *dom.unified_ids], spec)}). Check the case's domain "
-                    "(case-id prefix, --domain or code channel) and that the prediction comes from this "
-                    "dataset's model."
-                )
-            max_id = max(lab.original_id for lab in dom.labels)
-            out = sitk.GetImageFromArray(orig.astype(np.uint8 if max_id <= 255 else np.uint16))
-            out.CopyInformation(img)
+            out = _to_original_labels(p, case, dom, spec)
             sub = safe_child(tmp, dom.name)
             sub.mkdir(exist_ok=True)
             sitk.WriteImage(out, str(safe_child(sub, out_name)), True)

@@ -86,6 +86,80 @@ def paths_overlap(a: Path, b: Path) -> bool:
     return a == b or b in a.parents or a in b.parents
 
 
+def _check_folders(input_folder: Path, output_folder: Path) -> None:
+    """The input folder exists and the output folder lies outside it."""
+    if not input_folder.is_dir():
+        raise InputDataError(f"Input folder {input_folder} does not exist.")
+    if paths_overlap(input_folder, output_folder):
+        raise InputDataError(
+            f"Output folder {output_folder} and input folder {input_folder} overlap; write to a separate "
+            "folder."
+        )
+
+
+def _check_channels(
+    cases: dict[str, dict[int, Path]], input_folder: Path, dj: dict[str, Any], dj_path: Path, n_img: int
+) -> None:
+    """Every case has exactly the ``n_img`` image channels of the dataset (and not the code channel yet)."""
+    fe = dj["file_ending"]
+    expected = list(range(n_img))
+    names = dj.get("channel_names", {})
+    image_names = ", ".join(f"{c}: {names.get(str(c), '?')}" for c in expected)
+    for case, chans in cases.items():
+        if sorted(chans) == list(range(n_img + 1)):
+            raise InputDataError(
+                f"Case '{case}' in {input_folder} already has {n_img + 1} channels ({case}_{n_img:04d}{fe} "
+                f"exists), but dataset {dj_path.parent.name} has {n_img} image channel(s) plus the code "
+                f"channel {n_img}: this input looks already prepared. Pass it to nnUNetv2_predict directly, "
+                "or give the original cases (without the code channel)."
+            )
+        if sorted(chans) != expected:
+            raise InputDataError(
+                f"Case '{case}' in {input_folder} has channels {sorted(chans)}, expected {expected} "
+                f"({', '.join(f'{case}_{c:04d}{fe}' for c in expected)}): the image channels of dataset "
+                f"{dj_path.parent.name} are {image_names}; the domain code channel {n_img} is added by this "
+                "command."
+            )
+
+
+def _output_ids(cases: dict[str, dict[int, Path]], dom: Domain, prefix: bool, input_folder: Path) -> dict[str, str]:
+    """``{input case id: output case id}``; ids that the prefix makes equal are an error."""
+    out_ids = {
+        case: case if not prefix or case.startswith(f"{dom.name}_") else dom.case_id(case) for case in cases
+    }
+    clashes = sorted(c for c in cases if list(out_ids.values()).count(out_ids[c]) > 1)
+    if clashes:
+        raise InputDataError(
+            f"Cases {', '.join(clashes)} in {input_folder} would all be written as '{out_ids[clashes[0]]}' "
+            "with the domain prefix; rename one of them or run without --prefix."
+        )
+    return out_ids
+
+
+def _prepare_case(case: str, files: list[Path], out_id: str, dom: Domain, fe: str, tmp: Path) -> list[Path]:
+    """Copy the channel ``files`` of one case into ``tmp`` as ``out_id`` and add its code channel.
+
+    Returns the written files (code channel last)."""
+    imgs = [read_image(f) for f in files]
+    for f, im in zip(files[1:], imgs[1:]):
+        if not same_geometry(imgs[0], im):
+            raise InputDataError(
+                f"Case '{case}': channels {files[0]} and {f} have different geometry "
+                f"({files[0].name}: {describe_geometry(imgs[0])}; "
+                f"{f.name}: {describe_geometry(im)}). All channels of a case must share one voxel "
+                "grid; resample them onto channel 0's grid."
+            )
+    outs = []
+    for c, f in enumerate(files):
+        dst = safe_child(tmp, f"{out_id}_{c:04d}{fe}")
+        shutil.copyfile(f, dst)
+        outs.append(dst)
+    code_file = safe_child(tmp, f"{out_id}_{len(files):04d}{fe}")
+    sitk.WriteImage(constant_like(imgs[0], float(dom.code)), str(code_file), True)
+    outs.append(code_file)
+    return outs
+
+
 def prepare_input(
     input_folder: Path,
     output_folder: Path,
@@ -115,13 +189,7 @@ def prepare_input(
     fe = dj["file_ending"]
     n_img = spec.code_channel
     input_folder, output_folder = Path(input_folder), Path(output_folder)
-    if not input_folder.is_dir():
-        raise InputDataError(f"Input folder {input_folder} does not exist.")
-    if paths_overlap(input_folder, output_folder):
-        raise InputDataError(
-            f"Output folder {output_folder} and input folder {input_folder} overlap; write to a separate "
-            "folder."
-        )
+    _check_folders(input_folder, output_folder)
     cases = _channels_of(input_folder, fe)
     if not cases:
         seen = sorted(p.name for p in input_folder.iterdir() if not p.name.startswith("."))[:5]
@@ -129,58 +197,16 @@ def prepare_input(
             f"No input images in {input_folder}: expected files named <case>_0000{fe} (file ending from "
             f"{dj_path}), found {seen or 'an empty folder'}."
         )
-    expected = list(range(n_img))
-    names = dj.get("channel_names", {})
-    image_names = ", ".join(f"{c}: {names.get(str(c), '?')}" for c in expected)
-    for case, chans in cases.items():
-        if sorted(chans) == list(range(n_img + 1)):
-            raise InputDataError(
-                f"Case '{case}' in {input_folder} already has {n_img + 1} channels ({case}_{n_img:04d}{fe} "
-                f"exists), but dataset {dj_path.parent.name} has {n_img} image channel(s) plus the code "
-                f"channel {n_img}: this input looks already prepared. Pass it to nnUNetv2_predict directly, "
-                "or give the original cases (without the code channel)."
-            )
-        if sorted(chans) != expected:
-            raise InputDataError(
-                f"Case '{case}' in {input_folder} has channels {sorted(chans)}, expected {expected} "
-                f"({', '.join(f'{case}_{c:04d}{fe}' for c in expected)}): the image channels of dataset "
-                f"{dj_path.parent.name} are {image_names}; the domain code channel {n_img} is added by this "
-                "command."
-            )
-    out_ids = {
-        case: case if not prefix or case.startswith(f"{dom.name}_") else dom.case_id(case) for case in cases
-    }
-    clashes = sorted(c for c in cases if list(out_ids.values()).count(out_ids[c]) > 1)
-    if clashes:
-        raise InputDataError(
-            f"Cases {', '.join(clashes)} in {input_folder} would all be written as '{out_ids[clashes[0]]}' "
-            "with the domain prefix; rename one of them or run without --prefix."
-        )
+    _check_channels(cases, input_folder, dj, dj_path, n_img)
+    out_ids = _output_ids(cases, dom, prefix, input_folder)
     written: dict[str, list[Path]] = {}
     with atomic_output_dir(output_folder, overwrite=overwrite) as tmp:
         for case, chans in tqdm(
             cases.items(), desc=f"prepare_input ({dom.name})", unit="case", disable=not progress
         ):
-            files = [chans[c] for c in expected]
-            imgs = [read_image(f) for f in files]
-            for f, im in zip(files[1:], imgs[1:]):
-                if not same_geometry(imgs[0], im):
-                    raise InputDataError(
-                        f"Case '{case}': channels {files[0]} and {f} have different geometry "
-                        f"({files[0].name}: {describe_geometry(imgs[0])}; "
-                        f"{f.name}: {describe_geometry(im)}). All channels of a case must share one voxel "
-                        "grid; resample them onto channel 0's grid."
-                    )
-            out_id = out_ids[case]
-            outs = []
-            for c, f in enumerate(files):
-                dst = safe_child(tmp, f"{out_id}_{c:04d}{fe}")
-                shutil.copyfile(f, dst)
-                outs.append(dst)
-            code_file = safe_child(tmp, f"{out_id}_{n_img:04d}{fe}")
-            sitk.WriteImage(constant_like(imgs[0], float(dom.code)), str(code_file), True)
-            outs.append(code_file)
-            written[out_id] = [output_folder / p.name for p in outs]
+            files = [chans[c] for c in range(n_img)]
+            outs = _prepare_case(case, files, out_ids[case], dom, fe, tmp)
+            written[out_ids[case]] = [output_folder / p.name for p in outs]
     logger.info(
         "Wrote %d case(s) of domain '%s' (code %d) to %s.", len(written), dom.name, dom.code, output_folder
     )
