@@ -110,6 +110,36 @@ class _ConvNormAct(nn.Sequential):
         super().__init__(conv, _NORMS[dim](cout, **norm_kwargs), nn.LeakyReLU(slope, inplace=True))
 
 
+def _checked_args(domain_label_ids: Sequence[Sequence[int]], features: Sequence[int],
+                  strides: Sequence[int | Sequence[int]], conv_op: type[nn.Module], kernel_size: int,
+                  convs_per_stage: int, num_classes: int | None) -> tuple[list[list[int]], int, list[int], int]:
+    """The validated ``(domain_label_ids, num_classes, features, dim)`` of a :class:`LabelAutoencoder`;
+    ``ValueError`` naming the argument otherwise."""
+    if conv_op not in _DIMS:
+        raise ValueError(f"LabelAutoencoder: conv_op must be nn.Conv2d or nn.Conv3d, got {conv_op!r}.")
+    if num_classes is not None:  # checked first: the clearer message when ids and num_classes disagree
+        too_big = [i for d in domain_label_ids for i in d if isinstance(i, int) and i >= num_classes]
+        if too_big:
+            raise ValueError(
+                f"LabelAutoencoder: label id {max(too_big)} does not fit num_classes={num_classes} "
+                "(background 0 + unified ids)."
+            )
+    ids = [list(d) for d in validate_domain_label_ids(domain_label_ids, "LabelAutoencoder domain_label_ids")]
+    if num_classes is None:
+        num_classes = 1 + max(i for d in ids for i in d)
+    features = [int(f) for f in features]
+    if len(features) < 1 or len(strides) != len(features) or any(f < 1 for f in features):
+        raise ValueError(
+            f"LabelAutoencoder: features and strides must be non-empty and of equal length; got "
+            f"features={features!r}, strides={strides!r}."
+        )
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"LabelAutoencoder: kernel_size must be odd, got {kernel_size!r}.")
+    if convs_per_stage < 1:
+        raise ValueError(f"LabelAutoencoder: convs_per_stage must be >= 1, got {convs_per_stage!r}.")
+    return ids, int(num_classes), features, _DIMS[conv_op]
+
+
 class LabelAutoencoder(nn.Module):
     """Multi-joint (multi-domain) label autoencoder of Boutillon et al. 2022 (MJAP), no skip connections.
 
@@ -165,30 +195,8 @@ class LabelAutoencoder(nn.Module):
         norm_momentum: float = 0.1,
     ) -> None:
         super().__init__()
-        if conv_op not in _DIMS:
-            raise ValueError(f"LabelAutoencoder: conv_op must be nn.Conv2d or nn.Conv3d, got {conv_op!r}.")
-        dim = _DIMS[conv_op]
-        if num_classes is not None:  # checked first: the clearer message when ids and num_classes disagree
-            too_big = [i for d in domain_label_ids for i in d if isinstance(i, int) and i >= num_classes]
-            if too_big:
-                raise ValueError(
-                    f"LabelAutoencoder: label id {max(too_big)} does not fit num_classes={num_classes} "
-                    "(background 0 + unified ids)."
-                )
-        ids = [list(d) for d in validate_domain_label_ids(domain_label_ids, "LabelAutoencoder domain_label_ids")]
-        if num_classes is None:
-            num_classes = 1 + max(i for d in ids for i in d)
-        features = [int(f) for f in features]
-        if len(features) < 1 or len(strides) != len(features) or any(f < 1 for f in features):
-            raise ValueError(
-                f"LabelAutoencoder: features and strides must be non-empty and of equal length; got "
-                f"features={features!r}, strides={strides!r}."
-            )
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"LabelAutoencoder: kernel_size must be odd, got {kernel_size!r}.")
-        if convs_per_stage < 1:
-            raise ValueError(f"LabelAutoencoder: convs_per_stage must be >= 1, got {convs_per_stage!r}.")
-
+        ids, num_classes, features, dim = _checked_args(domain_label_ids, features, strides, conv_op, kernel_size,
+                                                        convs_per_stage, num_classes)
         k_dom = len(ids)
         self.dim = dim
         self.num_domains = k_dom
@@ -219,17 +227,24 @@ class LabelAutoencoder(nn.Module):
         self.register_buffer("_out_index", out_index, persistent=False)  # (K, C)
         self._num_head_channels = offset
 
-        # ---- domain-specific input layer: (K, F0, C, k, k), masked to each domain's channels
-        f0 = features[0]
+        # built in this order: parameters are initialised from torch's RNG in construction order
+        self._build_input_layer(kernel, nkw, negative_slope)
+        self._build_encoder_decoder(kernel, nkw, negative_slope, convs_per_stage)
+        # ---- domain-specific output layer: all K heads in one 1x1 conv, gathered per sample
+        self.output_conv = conv_op(features[0], self._num_head_channels, 1, bias=True)
+
+    def _build_input_layer(self, kernel: tuple[int, ...], nkw: dict, negative_slope: float) -> None:
+        """The domain-specific input layer: weights ``(K, F0, C, k, k)``, masked to each domain's channels."""
+        k_dom, dim, f0 = self.num_domains, self.dim, self.features[0]
         w = torch.zeros(k_dom, f0, self.num_classes, *kernel)
-        for k, d in enumerate(ids):
+        for k, d in enumerate(self.domain_label_ids):
             wk = torch.empty(f0, 1 + len(d), *kernel)
             nn.init.kaiming_normal_(wk, a=negative_slope)  # fan_in = (1 + n_k) * k^dim
             w[k][:, [0, *d]] = wk
         self.input_weight = nn.Parameter(w)
         self.register_buffer(
             "_input_weight_mask",
-            channel_mask.view(k_dom, 1, self.num_classes, *(1,) * dim).float(),
+            self.domain_channel_mask.view(k_dom, 1, self.num_classes, *(1,) * dim).float(),
             persistent=False,
         )
         self.input_stride = self.strides[0]
@@ -237,13 +252,16 @@ class LabelAutoencoder(nn.Module):
         self.input_norm = _NORMS[dim](f0, **nkw)
         self.input_act = nn.LeakyReLU(negative_slope, inplace=True)
 
-        # ---- shared encoder
-        self.encoder = nn.ModuleList()
+    def _build_encoder_decoder(self, kernel: tuple[int, ...], nkw: dict, negative_slope: float,
+                               convs_per_stage: int) -> None:
+        """The shared encoder and the shared decoder (no skip connections)."""
+        dim, features = self.dim, self.features
         ones = (1,) * dim
 
         def cna(cin: int, cout: int, stride: tuple[int, ...] = ones) -> nn.Module:
             return _ConvNormAct(dim, cin, cout, kernel, stride, nkw, negative_slope)
 
+        self.encoder = nn.ModuleList()
         for s, f in enumerate(features):
             # stage 0 starts with the domain-specific input layer (applied in encode_stages)
             blocks: list[nn.Module] = []
@@ -251,8 +269,6 @@ class LabelAutoencoder(nn.Module):
                 blocks.append(cna(features[s - 1], f, self.strides[s]))
             blocks += [cna(f, f) for _ in range(convs_per_stage - 1)]
             self.encoder.append(nn.Sequential(*blocks))
-
-        # ---- shared decoder (no skip connections)
         self.decoder = nn.ModuleList()
         for s in reversed(range(len(features))):
             if s == 0 and all(v == 1 for v in self.strides[0]):
@@ -262,9 +278,6 @@ class LabelAutoencoder(nn.Module):
             blocks = [up, _NORMS[dim](cout, **nkw), nn.LeakyReLU(negative_slope, inplace=True)]
             blocks += [cna(cout, cout) for _ in range(convs_per_stage)]
             self.decoder.append(nn.Sequential(*blocks))
-
-        # ---- domain-specific output layer: all K heads in one 1x1 conv, gathered per sample
-        self.output_conv = conv_op(f0, self._num_head_channels, 1, bias=True)
 
     # ------------------------------------------------------------------------------- config I/O
     def get_config(self) -> dict[str, Any]:
