@@ -8,10 +8,12 @@ iterations with the same batch size, so each domain's samples are seen equally o
 same number of epochs (same poly learning-rate schedule). Checkpoints are written every epoch so a
 killed run continues with ``--c`` from at most one epoch back.
 
-nnU-Net instantiates trainers with a fixed signature, so the budget travels in the environment
-variable ``MTMD_STUDY_BUDGET`` (JSON of :class:`nnunetv2_mtmd.apps.study.StudyBudget`, set by the study
-for every training subprocess; unset = the documented default budget). The trainer logs the budget it
-uses. With ``MTMD_STUDY_MEASURE=1`` (the study's speed measurement) every ``train_step`` is timed
+nnU-Net instantiates trainers with a fixed signature, so the budget travels in the plans: the study
+writes it under ``mtmd_study_budget`` into its plans variant (:mod:`nnunetv2_mtmd.training.budget`),
+and nnU-Net copies plans.json into every results folder, which so records the budget. Plans without
+the key (study folders written before it existed) fall back to ``$MTMD_STUDY_BUDGET`` and then to the
+documented default budget, as before. The trainer logs the budget it uses and where it came from.
+With ``MTMD_STUDY_MEASURE=1`` (the study's speed measurement) every ``train_step`` is timed
 (wall clock and process CPU time, data loading excluded), the medians are logged at the end of each
 epoch as ``Study measure: ...``, and nnU-Net's final validation is skipped.
 """
