@@ -29,7 +29,7 @@ The copies and patches:
 Plugin code outside this module that re-implements upstream logic instead of copying it or relies on
 what an upstream function produces (a "mirror": ``nnunetv2_mtmd.inference.model.load_trained_network``,
 ``nnunetv2_mtmd.inference.predictor.load_predictor``, ``nnunetv2_mtmd.training.ddp.rank_batch``,
-``nnunetv2_mtmd.training.checkpoint.load_checkpoint_file``) is tracked here too, so that upstream
+``nnunetv2_mtmd.io.load_checkpoint_file``) is tracked here too, so that upstream
 changes to what they follow are noticed the same way.
 
 This module sits at the bottom of the package (training, inference and architectures call it) and
@@ -183,10 +183,10 @@ UPSTREAM: tuple[UpstreamCopy, ...] = (
     UpstreamCopy(
         f"{_TRAINER}.save_checkpoint", _NNUNET, _NNUNET_VERSION,
         "de4f196c42e6bcf522641d62c8e30af2c4c094f8c541943e07bbb39b965c3307",
-        "nnunetv2_mtmd.training.checkpoint.load_checkpoint_file", "mirror",
+        "nnunetv2_mtmd.io.load_checkpoint_file", "mirror",
         "the checkpoint's keys and the types of its values: the plugin reads checkpoints with "
         "torch.load(weights_only=True) and allows only the numpy scalar / dtype types nnU-Net stores "
-        "(training.checkpoint.NUMPY_SAFE_GLOBALS); new keys or types need the allowlist (and "
+        "(io.NUMPY_SAFE_GLOBALS); new keys or types need the allowlist (and "
         "inference.model.load_trained_network) re-checked, then tests/reliability/test_checkpoints.py",
     ),
     UpstreamCopy(

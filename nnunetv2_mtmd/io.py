@@ -245,3 +245,39 @@ def find_dataset_json(dataset: str | int | Path) -> Path:
         f"Cannot find dataset {dataset!r}: looked in {'; '.join(looked)}. Pass the id of a merged dataset "
         "that exists there, or a path to its dataset.json (-d /path/to/dataset.json)."
     )
+
+
+# ------------------------------------------------------------------ nnU-Net checkpoints, read safely
+def _numpy_safe_globals() -> list[Any]:
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+    scalar = core.multiarray.scalar
+    dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32,
+                                           np.int64, np.uint8, np.bool_)]
+    return [scalar, np.dtype, *dtypes]
+
+
+#: numpy types nnU-Net puts into its checkpoints (scalars in the logging lists and ``_best_ema``).
+NUMPY_SAFE_GLOBALS = _numpy_safe_globals()
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load an nnU-Net checkpoint with ``weights_only=True`` (plus the numpy allowlist of
+    :data:`NUMPY_SAFE_GLOBALS`; nothing else can be unpickled). ``map_location``: as ``torch.load``.
+
+    Raises :class:`InputDataError` naming the file if it is unreadable or holds other objects."""
+    import torch  # here, not at import: the conversion commands need no torch
+
+    try:
+        with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()
+        detail = next((line for line in first if "Unsupported global" in line), first[0] if first else "")
+        raise InputDataError(
+            f"Cannot load checkpoint {path} safely (torch.load weights_only=True): {type(e).__name__}: "
+            f"{detail.strip()}. The file is truncated, not an nnU-Net checkpoint, or holds objects other than "
+            "tensors, numbers, strings and containers."
+        ) from e
+    if not isinstance(ckpt, dict):
+        raise InputDataError(f"{path} is not an nnU-Net checkpoint (found {type(ckpt).__name__}, expected a dict).")
+    return ckpt

@@ -13,7 +13,6 @@
 
 Layering: inference builds on the library's lower rooms (domains, architectures, compat, io) and
 does not import training (the trainer class of a checkpoint is looked up by name through nnU-Net at
-run time), except the safe checkpoint reader ``training.checkpoint.load_checkpoint_file`` (lazily,
-in ``model.load_trained_network``), which belongs below both rooms. Training imports nothing from
-here: the trainer installs the predictor's input check through compat.
+run time); the safe checkpoint reader it uses is ``io.load_checkpoint_file``, below both rooms.
+Training imports nothing from here: the trainer installs the predictor's input check through compat.
 """

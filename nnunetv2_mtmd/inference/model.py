@@ -138,7 +138,7 @@ def load_trained_network(loc: ModelLocation, device: str = "cpu") -> tuple[Any, 
     # The one import of training by inference: the safe checkpoint reader (weights_only=True + numpy
     # allowlist) is shared with training's resume; it belongs below both rooms (e.g. nnunetv2_mtmd.io)
     # and is imported lazily until it moves there.
-    from nnunetv2_mtmd.training.checkpoint import load_checkpoint_file
+    from nnunetv2_mtmd.io import load_checkpoint_file
 
     if device == "cuda" and not torch.cuda.is_available():
         raise InputDataError("-device cuda was requested but torch sees no CUDA device. Use -device cpu.")

@@ -2,7 +2,7 @@
 
 Inference looks a checkpoint's trainer class up by name through nnU-Net at run time; training
 installs the predictor's input check through ``nnunetv2_mtmd.compat``. The one import of training
-by inference left is the safe checkpoint reader (listed below), which belongs below both rooms."""
+by inference went when the safe checkpoint reader moved below both rooms, into ``nnunetv2_mtmd.io``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "nnunetv2_mtmd"
 #: (importing module, imported module) pairs allowed for now.
-KNOWN = {("nnunetv2_mtmd.inference.model", "nnunetv2_mtmd.training.checkpoint")}
+KNOWN: set[tuple[str, str]] = set()
 
 
 def _imports(room: str) -> set[tuple[str, str]]:
