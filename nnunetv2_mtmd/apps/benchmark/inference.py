@@ -14,6 +14,7 @@ from nnunetv2_mtmd.apps.benchmark.environment import quiet
 from nnunetv2_mtmd.apps.benchmark.settings import CONFIGURATION
 from nnunetv2_mtmd.apps.benchmark.timing import sync
 from nnunetv2_mtmd.apps.workspace import console_script, nnunet_env
+from nnunetv2_mtmd.inference.predictor import load_predictor  # noqa: F401  (the one predictor entry)
 
 
 def save_inference_model(trainer: Any, plans: dict[str, Any], dataset_json: dict[str, Any],
@@ -78,19 +79,6 @@ def timed_predict(cmd: list[str], output_folder: Path, env: dict[str, str]) -> d
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
         raise RuntimeError(f"nnUNetv2_predict failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
     return dt
-
-
-def load_predictor(model_folder: Path, device: str, disable_tta: bool, log_path: Path | None = None) -> Any:
-    """nnU-Net's ``nnUNetPredictor`` for fold 0 of ``model_folder`` (as ``nnUNetv2_predict`` builds it)."""
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    with quiet(log_path):
-        pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=not disable_tta,
-                               perform_everything_on_device=device == "cuda", device=torch.device(device),
-                               verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-        pred.initialize_from_trained_model_folder(str(model_folder), (0,), "checkpoint_final.pth")
-    return pred
 
 
 def timed_predict_in_process(predictor: Any, input_folder: Path, output_folder: Path, device: str,
