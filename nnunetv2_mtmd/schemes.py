@@ -67,6 +67,11 @@ SCHEMES: tuple[Scheme, ...] = (
     Scheme("DSL_MSC", "nnUNetTrainerMTMD_DSL_MSC", "DSL+MSC", True, "dsbn", "per_domain", "all", False, "DSL_MSC"),
     Scheme("DSL_MJAP", "nnUNetTrainerMTMD_DSL_MJAP", "DSL+MJAP", True, "dsbn", "per_domain", None, True),
     Scheme("DSL_MSC_MJAP", "nnUNetTrainerMTMD", "DSL+MSC+MJAP", True, "dsbn", "per_domain", "all", True, "MTMD"),
+    # beyond the paper's table: its future work (a learnable temperature per MSC scale), and a DSL
+    # replicate with another seed (retraining noise)
+    Scheme("DSL_MSC_LT", "nnUNetTrainerMTMD_DSL_MSC_LT", "DSL+MSC+LT", True, "dsbn", "per_domain", "all",
+           False),
+    Scheme("DSL_seed2", "nnUNetTrainerMTMD_DSL_seed2", "DSL (seed 2)", True, "dsbn", "per_domain", None, False),
 )
 BY_NAME: dict[str, Scheme] = {s.name: s for s in SCHEMES}
 BY_TRAINER: dict[str, Scheme] = {s.trainer: s for s in SCHEMES}

@@ -21,6 +21,8 @@ EXPECTED = [
     ("DSL_MSC", "nnUNetTrainerMTMD_DSL_MSC", "DSL+MSC", "dsbn", "per_domain", "all", False),
     ("DSL_MJAP", "nnUNetTrainerMTMD_DSL_MJAP", "DSL+MJAP", "dsbn", "per_domain", None, True),
     ("DSL_MSC_MJAP", "nnUNetTrainerMTMD", "DSL+MSC+MJAP", "dsbn", "per_domain", "all", True),
+    ("DSL_MSC_LT", "nnUNetTrainerMTMD_DSL_MSC_LT", "DSL+MSC+LT", "dsbn", "per_domain", "all", False),
+    ("DSL_seed2", "nnUNetTrainerMTMD_DSL_seed2", "DSL (seed 2)", "dsbn", "per_domain", None, False),
 ]
 
 

@@ -46,7 +46,7 @@ def test_every_exported_trainer_is_a_literal_class_statement():
     literal = _literal_classes()
     missing = [n for n in trainers.__all__ if n not in literal]
     assert not missing, f"trainers made without a class statement (searching their name finds nothing): {missing}"
-    assert len(trainers.__all__) == len(set(trainers.__all__)) == 26
+    assert len(trainers.__all__) == len(set(trainers.__all__)) == 32
 
 
 def test_every_scheme_has_its_trainer_debug_and_study_classes():
@@ -69,6 +69,19 @@ def test_every_trainer_name_ever_written_resolves(name):
     found = recursive_find_python_class(str(REPO / "nnunetv2_mtmd" / "training" / "trainers"), name,
                                         "nnunetv2_mtmd.training.trainers")
     assert found is not None and found.__name__ == name
+
+
+def test_seed_option_seeds_every_generator(nnunet_dirs):
+    import random
+
+    import numpy as np
+
+    draws = []
+    for _ in range(2):
+        trainers.nnUNetTrainerMTMD_DSL_seed2(_study_plans(None), "2d", 0, dataset_json(), torch.device("cpu"))
+        draws.append((random.random(), float(np.random.rand()), float(torch.rand(1))))
+    assert draws[0] == draws[1]
+    assert trainers.nnUNetTrainerMTMD_DSL_seed2.seed == 2 and trainers.nnUNetTrainerMTMD_DSL.seed is None
 
 
 @pytest.mark.parametrize("scheme", MULTI_DOMAIN, ids=lambda s: s.name)

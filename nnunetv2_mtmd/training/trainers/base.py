@@ -40,6 +40,17 @@ def check_mtmd_plans(configuration_manager) -> None:
         )
 
 
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global generator and torch (every device)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
     """DSL scheme: shared convolutions, domain-specific batch norm and one head per domain.
 
@@ -49,10 +60,18 @@ class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
     #: Forced-foreground training samples show class ``c`` with weight ``n_c ** -rare_class_exponent``
     #: (``training/sampling.pick_foreground_class``); 0 = nnU-Net's uniform choice.
     rare_class_exponent: float = 0.0
+    #: Seed of python's, numpy's and torch's random generators, set before nnU-Net builds the network and
+    #: the data loaders (None: unseeded, as stock nnU-Net). With in-process augmentation
+    #: (``nnUNet_n_proc_DA=0``) a seed fixes initialisation, sampling and augmentation; a scheme trained
+    #: twice with two seeds measures retraining noise (the study's DSL replicate).
+    seed: int | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.seed is not None:
+            seed_everything(self.seed)
+            self.print_to_log_file(f"Random generators seeded with {self.seed} (python, numpy, torch)")
         self.domain_spec = DomainSpec.from_dataset_json(dataset_json)
         check_mtmd_plans(self.configuration_manager)
         check_plans_architecture(self.configuration_manager.network_arch_init_kwargs, self.domain_spec,

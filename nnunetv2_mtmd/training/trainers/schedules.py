@@ -26,6 +26,8 @@ from nnunetv2_mtmd.training.trainers.schemes import (
     nnUNetTrainerMTMD_DSL,
     nnUNetTrainerMTMD_DSL_MJAP,
     nnUNetTrainerMTMD_DSL_MSC,
+    nnUNetTrainerMTMD_DSL_MSC_LT,
+    nnUNetTrainerMTMD_DSL_seed2,
     nnUNetTrainerMTMD_DSL_SSC,
     nnUNetTrainerMTMD_Shared,
     nnUNetTrainerMTMD_Shared_MJAP,
@@ -175,6 +177,14 @@ class nnUNetTrainerMTMD_DSL_MSC_debug(DebugSchedule, nnUNetTrainerMTMD_DSL_MSC):
 
 class nnUNetTrainerMTMD_DSL_MJAP_debug(DebugSchedule, nnUNetTrainerMTMD_DSL_MJAP):
     """nnUNetTrainerMTMD_DSL_MJAP with the debug schedule."""
+
+
+class nnUNetTrainerMTMD_DSL_MSC_LT_debug(DebugSchedule, nnUNetTrainerMTMD_DSL_MSC_LT):
+    """nnUNetTrainerMTMD_DSL_MSC_LT with the debug schedule."""
+
+
+class nnUNetTrainerMTMD_DSL_seed2_debug(DebugSchedule, nnUNetTrainerMTMD_DSL_seed2):
+    """nnUNetTrainerMTMD_DSL_seed2 with the debug schedule."""
 
 
 class nnUNetTrainerMTMD_debug(DebugSchedule, nnUNetTrainerMTMD):

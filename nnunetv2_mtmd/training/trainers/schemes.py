@@ -31,6 +31,9 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
     lambda_msc: float = 0.1
     msc_stages: str = "all"
     msc_temperature: float = 0.1
+    #: Learn one temperature per MSC scale (initialised at ``msc_temperature``), kept in this range.
+    msc_learnable_temperature: bool = False
+    msc_temperature_range: tuple[float, float] = (0.03, 1.0)
     lambda_mjap: float = 0.1
     ae_lambda_msc: float = 0.05
     ae_iterations: int = 500
@@ -157,6 +160,20 @@ class nnUNetTrainerMTMD_DSL_MSC(nnUNetTrainerMTMD):
     lambda_mjap = 0.0
 
 
+class nnUNetTrainerMTMD_DSL_MSC_LT(nnUNetTrainerMTMD_DSL_MSC):
+    """DSL + MSC with a learnable temperature per scale (the 2022 paper's future work), kept in
+    ``msc_temperature_range``."""
+
+    msc_learnable_temperature = True
+
+
+class nnUNetTrainerMTMD_DSL_seed2(nnUNetTrainerMTMD_DSL):
+    """DSL trained with another seed: the DSL replicate whose spread against DSL is the retraining noise
+    every "beats DSL" claim of the study is judged against."""
+
+    seed = 2
+
+
 class nnUNetTrainerMTMD_DSL_SSC(nnUNetTrainerMTMD):
     """DSL + single-scale (bottleneck) supervised contrastive regularization (Boutillon et al. 2021)."""
 
@@ -198,4 +215,5 @@ class nnUNetTrainerMTMD_Shared_MJAP(nnUNetTrainerMTMD_Shared):
 SCHEME_CLASSES: dict[str, type] = {s.name: globals()[s.trainer] for s in MULTI_DOMAIN}
 
 __all__ = ["nnUNetTrainerMTMD_DSL", "nnUNetTrainerMTMD", "nnUNetTrainerMTMD_DSL_MSC", "nnUNetTrainerMTMD_DSL_SSC",
-           "nnUNetTrainerMTMD_DSL_MJAP", "nnUNetTrainerMTMD_Shared", "nnUNetTrainerMTMD_Shared_MJAP"]
+           "nnUNetTrainerMTMD_DSL_MJAP", "nnUNetTrainerMTMD_Shared", "nnUNetTrainerMTMD_Shared_MJAP",
+           "nnUNetTrainerMTMD_DSL_MSC_LT", "nnUNetTrainerMTMD_DSL_seed2"]

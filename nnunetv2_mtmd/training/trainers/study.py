@@ -35,6 +35,8 @@ from nnunetv2_mtmd.training.trainers.schemes import (
     nnUNetTrainerMTMD_DSL,
     nnUNetTrainerMTMD_DSL_MJAP,
     nnUNetTrainerMTMD_DSL_MSC,
+    nnUNetTrainerMTMD_DSL_MSC_LT,
+    nnUNetTrainerMTMD_DSL_seed2,
     nnUNetTrainerMTMD_DSL_SSC,
     nnUNetTrainerMTMD_Shared,
     nnUNetTrainerMTMD_Shared_MJAP,
@@ -157,6 +159,14 @@ class nnUNetTrainerMTMD_DSL_MSC_study(_StudyMixin, nnUNetTrainerMTMD_DSL_MSC):
 
 class nnUNetTrainerMTMD_DSL_MJAP_study(_StudyMixin, nnUNetTrainerMTMD_DSL_MJAP):
     """nnUNetTrainerMTMD_DSL_MJAP with the study budget."""
+
+
+class nnUNetTrainerMTMD_DSL_MSC_LT_study(_StudyMixin, nnUNetTrainerMTMD_DSL_MSC_LT):
+    """nnUNetTrainerMTMD_DSL_MSC_LT with the study budget."""
+
+
+class nnUNetTrainerMTMD_DSL_seed2_study(_StudyMixin, nnUNetTrainerMTMD_DSL_seed2):
+    """nnUNetTrainerMTMD_DSL_seed2 with the study budget."""
 
 
 class nnUNetTrainerMTMD_study(_StudyMixin, nnUNetTrainerMTMD):
