@@ -98,6 +98,17 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def stdout_to(log_path: str | Path | None) -> Iterator[None]:
+    """Within the block, ``sys.stdout`` (nnU-Net's prints) is appended to ``log_path`` instead of the
+    console; None leaves it alone."""
+    if log_path is None:
+        yield
+        return
+    with open(log_path, "a") as f, contextlib.redirect_stdout(f):
+        yield
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_file`)."""
     with atomic_file(path) as tmp:

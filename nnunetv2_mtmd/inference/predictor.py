@@ -16,29 +16,19 @@ for the process (all cores on CPU, one on CUDA); a library call must not change 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nnunetv2_mtmd.compat import install_predictor_input_check
 from nnunetv2_mtmd.inference.model import model_location
+from nnunetv2_mtmd.io import stdout_to
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 __all__ = ["load_predictor"]
-
-
-@contextlib.contextmanager
-def _stdout_to(log_path: Path | None) -> Iterator[None]:
-    """Send nnU-Net's prints (stdout) to ``log_path`` (appended) instead of the console."""
-    if log_path is None:
-        yield
-        return
-    with open(log_path, "a") as f, contextlib.redirect_stdout(f):
-        yield
 
 
 def load_predictor(
@@ -87,7 +77,7 @@ def load_predictor(
     # building the network through the checkpoint's trainer installs the check too; installing it here
     # makes it independent of that (and of the trainer class)
     install_predictor_input_check()
-    with _stdout_to(log_path):
+    with stdout_to(log_path):
         predictor = nnUNetPredictor(
             tile_step_size=step_size, use_gaussian=True, use_mirroring=not disable_tta,
             perform_everything_on_device=perform_everything_on_device and dev.type == "cuda", device=dev,

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nnunetv2_mtmd.apps.workspace import nnunet_folders
+from nnunetv2_mtmd.io import stdout_to
 
 
 @contextlib.contextmanager
@@ -46,14 +47,8 @@ def benchmark_environment(workdir: Path) -> Iterator[dict[str, str]]:
                 os.environ[k] = v
 
 
-@contextlib.contextmanager
-def quiet(log_path: Path | None) -> Iterator[None]:
-    """Send nnU-Net's prints (``sys.stdout``) to ``log_path`` instead of the console (None: leave them)."""
-    if log_path is None:
-        yield
-        return
-    with open(log_path, "a") as f, contextlib.redirect_stdout(f):
-        yield
+#: nnU-Net's prints go to the benchmark's log (the one helper of the package for it).
+quiet = stdout_to
 
 
 @contextlib.contextmanager
