@@ -23,6 +23,8 @@ The copies and patches:
   multi-domain network replaces the decoder's ``seg_layers`` by per-domain heads that need the domain
   index) and the stage outputs returned (the multi-scale contrastive loss needs them).
 - :func:`compute_fingerprint`: ``DatasetFingerprintExtractor.run`` without its worker pool.
+- :func:`fold_split`: ``nnUNetTrainer.do_split`` for an already trained fold (the embedding analysis
+  reads the training and validation cases of the fold it embeds).
 - :func:`install_predictor_input_check`: wraps four ``nnUNetPredictor`` entry points with the
   multi-domain input check (the check itself is :mod:`nnunetv2_mtmd.inference.checks`).
 
@@ -66,6 +68,7 @@ __all__ = [
     "build_dataloaders",
     "compute_fingerprint",
     "entries_for",
+    "fold_split",
     "install_predictor_input_check",
     "resolve_upstream",
     "upstream_source_sha256",
@@ -188,6 +191,17 @@ UPSTREAM: tuple[UpstreamCopy, ...] = (
         "torch.load(weights_only=True) and allows only the numpy scalar / dtype types nnU-Net stores "
         "(io.NUMPY_SAFE_GLOBALS); new keys or types need the allowlist (and "
         "inference.model.load_trained_network) re-checked, then tests/reliability/test_checkpoints.py",
+    ),
+    UpstreamCopy(
+        f"{_TRAINER}.do_split", _NNUNET, _NNUNET_VERSION,
+        "69b23f1bc681f7a6dc7e8e9612bc1544399de402a0d5d01236e9793d21cad38f",
+        f"{_HERE}.fold_split", "copy",
+        "where the split is read from (splits_final.json in the preprocessed dataset folder), how a fold picks "
+        "its 'train' / 'val' lists, what fold 'all' trains on, and the seeded random 80:20 split of a fold beyond "
+        "the file (np.random.RandomState(12345 + fold), choice of int(0.8 n) of the sorted case ids without "
+        "replacement, validation = the rest); carry changes into compat.fold_split (whose differences: fold 'all' "
+        "has no validation cases, a missing split file is an error instead of being created, the file and its "
+        "case ids are checked), then run tests/evaluation/test_embeddings.py::test_fold_split",
     ),
     UpstreamCopy(
         f"{_TRAINER}._set_batch_size_and_oversample", _NNUNET, _NNUNET_VERSION,
@@ -376,6 +390,57 @@ def compute_fingerprint(dataset_name: str) -> dict[str, Any]:
     maybe_mkdir_p(out)
     save_json(fingerprint, join(out, "dataset_fingerprint.json"))
     return fingerprint
+
+
+# =========================================================== nnunetv2: the trainer's training/validation split
+@_copy_of(f"{_HERE}.fold_split")
+def fold_split(
+    preprocessed_base: Path, fold: int | str, identifiers: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """Training and validation case ids of a fold, as nnU-Net's ``do_split`` chooses them.
+
+    ``nnUNetTrainer.do_split`` (nnunetv2 2.8.1) for a model that was already trained, on the case ids
+    given (nnU-Net reads them from the preprocessed dataset). Fold ``all``: every case is a training
+    case, no validation case (nnU-Net validates on the training cases). Otherwise
+    ``splits_final.json`` (written when the model was trained) is read; a missing file is an error
+    (nnU-Net would create a new split), and so are a malformed file and a fold naming cases that are
+    not in ``identifiers``. A fold beyond the file gets nnU-Net's seeded random 80:20 split (seed
+    ``12345 + fold``). Both lists are returned sorted."""
+    from nnunetv2_mtmd.errors import InputDataError
+    from nnunetv2_mtmd.io import load_json
+
+    ids = sorted(identifiers)
+    if fold == "all":
+        return ids, []
+    splits_file = Path(preprocessed_base) / "splits_final.json"
+    if not splits_file.is_file():
+        raise InputDataError(
+            f"{splits_file} does not exist, so the training/validation split of fold {fold} is unknown. It is "
+            "written by nnUNetv2_train (or nnUNetv2_mtmd_splits); were the preprocessed data re-created "
+            "after training?"
+        )
+    splits = load_json(splits_file)
+    if not isinstance(splits, list) or not all(isinstance(s, dict) and "train" in s and "val" in s for s in splits):
+        raise InputDataError(f"{splits_file}: expected a list of {{'train': [...], 'val': [...]}} objects.")
+    if int(fold) < len(splits):
+        tr, val = list(splits[int(fold)]["train"]), list(splits[int(fold)]["val"])
+    else:
+        logger.warning(
+            "%s has %d splits; fold %s uses nnU-Net's random (seeded) 80:20 split, as in training.",
+            splits_file, len(splits), fold,
+        )
+        rnd = np.random.RandomState(seed=12345 + int(fold))
+        keys = np.sort(ids)
+        idx_tr = rnd.choice(len(keys), int(len(keys) * 0.8), replace=False)
+        tr = [str(keys[i]) for i in idx_tr]
+        val = [str(keys[i]) for i in range(len(keys)) if i not in idx_tr]
+    missing = sorted(set(tr + val) - set(ids))
+    if missing:
+        raise InputDataError(
+            f"Fold {fold} of {splits_file} names cases that are not in the preprocessed data: "
+            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}."
+        )
+    return sorted(tr), sorted(val)
 
 
 # ============================================================= nnunetv2: the predictor's input check

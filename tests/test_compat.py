@@ -72,7 +72,7 @@ def test_every_copy_in_compat_has_its_entries():
     defined = {name for name, fn in inspect.getmembers(compat, inspect.isfunction)
                if fn.__module__ == compat.__name__ and not name.startswith("_")}
     assert defined - REGISTRY == declared, "compat.__all__ must list every public copy / patch of compat"
-    assert declared == {"build_dataloaders", "unet_decoder_forward", "compute_fingerprint",
+    assert declared == {"build_dataloaders", "unet_decoder_forward", "compute_fingerprint", "fold_split",
                         "install_predictor_input_check"}
     for name in sorted(declared):
         entries = compat.entries_for(f"{compat.__name__}.{name}")
