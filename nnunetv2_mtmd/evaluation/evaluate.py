@@ -280,6 +280,30 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def _labels_of_other_domains(
+    pairs: Sequence[tuple[str, Path, Path]], results: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, dict[int, int]]]:
+    """Labels of another domain in the prediction and in the reference: ``{"prediction": {case: {label:
+    voxels}}, "reference": {...}}`` (cases without any left out), with a warning for each non-empty side.
+
+    A shared output head can predict another domain's structure; such voxels are not scored, so the
+    summary keeps them (case -> label -> voxels) for whoever compares heads."""
+    other_domains: dict[str, dict[str, dict[int, int]]] = {"prediction": {}, "reference": {}}
+    for key, what in (("stray_pred", "prediction"), ("stray_ref", "reference")):
+        bad = {c: res[key] for (c, _, _), res in zip(pairs, results) if res[key]}
+        other_domains[what] = bad
+        if bad:
+            first = next(iter(bad))
+            logger.warning(
+                "%d %s files contain labels of another domain (not evaluated), e.g. %s: %s",
+                len(bad),
+                what,
+                first,
+                _voxel_counts_text(bad[first]),
+            )
+    return other_domains
+
+
 def evaluate_folders(
     ref_dir: Path,
     pred_dir: Path,
@@ -302,21 +326,7 @@ def evaluate_folders(
     results = parallel_map(evaluate_case, tasks, num_processes, "evaluating")
     rows = [row for res in results for row in res["rows"]]
     slices = [s for res in results for s in res["slices"]]
-    # A shared output head can predict another domain's structure; such voxels are not scored, so the
-    # summary keeps them (case -> label -> voxels) for whoever compares heads.
-    other_domains: dict[str, dict[str, dict[int, int]]] = {"prediction": {}, "reference": {}}
-    for key, what in (("stray_pred", "prediction"), ("stray_ref", "reference")):
-        bad = {c: res[key] for (c, _, _), res in zip(pairs, results) if res[key]}
-        other_domains[what] = bad
-        if bad:
-            first = next(iter(bad))
-            logger.warning(
-                "%d %s files contain labels of another domain (not evaluated), e.g. %s: %s",
-                len(bad),
-                what,
-                first,
-                _voxel_counts_text(bad[first]),
-            )
+    other_domains = _labels_of_other_domains(pairs, results)
     summary = summarize(rows, spec)
     summary.update(
         {
