@@ -15,7 +15,13 @@ References
   convolutions, domain-specific batch normalization (DSBN), a domain-specific input layer (that
   domain's one-hot classes) and a domain-specific output layer, trained with cross-entropy +
   lambda1 * MSC on its own encoder stages (lambda1 = 0.05); frozen afterwards, its encoder F gives
-  ``MJAP = mean over samples of ||F(y) - F(y_hat)||^2``.
+  the prior loss of their Eq. 7, the Euclidean distance between the codes, averaged over the samples
+  of each domain and then over the domains::
+
+      MJAP = 1/K * sum_k 1/n_k * sum_{i in domain k} ||F(y_i) - F(y_hat_i)||_2
+
+  (the norm taken over ALL elements of the code, channels and positions, summed inside the square
+  root; K the domains present in the batch, n_k their sample counts).
 
 Label space
 -----------
@@ -60,7 +66,10 @@ __all__ = [
     "OTHER_DOMAIN_LOGIT",
     "LabelAutoencoder",
     "AnatomicalPriorLoss",
+    "MJAP_FORMS",
     "autoencoder_loss",
+    "code_distance",
+    "domain_mean",
     "labels_to_onehot",
     "reconstruction_dice",
 ]
@@ -99,21 +108,65 @@ def autoencoder_loss(
     return total, ce, msc
 
 
+#: The distances :class:`AnatomicalPriorLoss` offers (see its docstring).
+MJAP_FORMS = ("l2", "squared_l2", "legacy_element_mean")
+MJAPForm = Literal["l2", "squared_l2", "legacy_element_mean"]
+
+
+def domain_mean(values: Tensor, domain_idx: Tensor) -> Tensor:
+    """``1/K * sum_k 1/n_k * sum_{i in domain k} values_i`` over the K domains present (Eq. 7's averaging).
+
+    Written as ``sum_i values_i / n_{d_i} / sum_i 1 / n_{d_i}`` (``sum_i 1/n_{d_i}`` is K): no loop, no
+    number of domains needed and no host synchronisation. Equals the plain mean for balanced batches.
+
+    Args:
+        values: ``(B,)`` per-sample values.
+        domain_idx: ``(B,)`` integer domain index per sample.
+    """
+    d = domain_idx.reshape(-1).to(values.device)
+    n_same = (d[:, None] == d[None, :]).sum(1).to(values.dtype)  # (B,): n_k of each sample's domain
+    inv = 1.0 / n_same
+    return (values * inv).sum() / inv.sum()
+
+
+def code_distance(code_pred: Tensor, code_gt: Tensor, domain_idx: Tensor, form: MJAPForm = "l2") -> Tensor:
+    """The MJAP distance between two batches of codes ``(B, C, x, y)`` (or any ``(B, ...)``), float32.
+
+    ``"l2"``: Eq. 7, ``domain_mean(||code_pred_i - code_gt_i||_2)``; ``"squared_l2"``: the same with the
+    squared norm; ``"legacy_element_mean"``: the plugin's form before issue 22, ``mean_i mean_e (diff^2)``
+    (plain mean over samples). See :class:`AnatomicalPriorLoss`.
+    """
+    diff = (code_pred.float() - code_gt.float()).flatten(1)  # (B, C*x*y)
+    if form == "legacy_element_mean":
+        return diff.pow(2).mean(1).mean()
+    if form == "squared_l2":
+        return domain_mean(diff.pow(2).sum(1), domain_idx)
+    if form == "l2":
+        # vector_norm's backward is 0 (not NaN) at a zero difference (a perfect prediction)
+        return domain_mean(torch.linalg.vector_norm(diff, ord=2, dim=1), domain_idx)
+    raise ValueError(f"MJAP: form must be one of {MJAP_FORMS}, got {form!r}.")
+
+
 class AnatomicalPriorLoss(nn.Module):
     """MJAP loss: distance between the codes of the ground truth and of the prediction.
 
-    ``MJAP = mean_b d(F(onehot(y_b)), F(softmax_k(y_hat_b)))`` with F the frozen encoder of a
-    :class:`LabelAutoencoder` and ``softmax_k`` the softmax over the channels of the sample's domain
-    k (Boutillon et al. 2022; Oktay et al. 2018).
+    ``MJAP = 1/K sum_k 1/n_k sum_{i in domain k} d(F(onehot(y_i)), F(softmax_k(y_hat_i)))`` with F the
+    frozen encoder of a :class:`LabelAutoencoder`, ``softmax_k`` the softmax over the channels of the
+    sample's domain k and K the domains present in the batch (Boutillon et al. 2022, Eq. 7; Oktay et
+    al. 2018).
 
-    ``reduction`` decides ``d``:
-      * ``"mean"`` (default): the mean over the code's ``C * x * y`` elements of the squared
-        difference, i.e. ``||F(y) - F(y_hat)||^2 / (C x y)``. This keeps lambda3 independent of the
-        code size (patch size, autoencoder width): the paper's squared norm summed over e.g. a
-        64 x 28 x 28 code is 50176 times larger, so a lambda3 tuned for one configuration would
-        not transfer to another.
-      * ``"sum"``: the paper's literal squared L2 norm over the code elements.
-    Either way the result is then averaged over the samples of the batch.
+    ``form`` decides ``d`` (codes ``(C, x, y)`` per sample):
+      * ``"l2"`` (default): the paper's Euclidean distance ``||F(y) - F(y_hat)||_2``, the square root of
+        the SUM over all ``C * x * y`` code elements of the squared difference. It grows with the code
+        size (about ``sqrt(C x y)`` times the root-mean-square difference), so lambda3 goes with the
+        autoencoder's code size and patch size; the logged gradient-norm ratio MJAP/seg says whether it
+        fits (docs/method.md, "Default weights").
+      * ``"squared_l2"``: the squared norm ``||F(y) - F(y_hat)||_2^2``, same averaging.
+      * ``"legacy_element_mean"``: the form this plugin used before issue 22 (the study's runs 4 and 5
+        were trained with it): the MEAN over code elements of the squared difference, averaged over
+        the samples of the batch (not per domain; the trainer's batches are balanced, where both
+        averages agree). It is ``||.||^2 / (C x y)``, thousands of times smaller than the norm, so
+        lambda3 = 0.1 of it contributed almost nothing. Kept only to reproduce those results.
 
     The autoencoder is frozen: ``requires_grad=False`` on all its parameters and eval mode, which
     :meth:`train` preserves (a parent's ``.train()`` cannot switch it back). Gradients flow through
@@ -123,14 +176,14 @@ class AnatomicalPriorLoss(nn.Module):
 
     Args:
         autoencoder: a trained :class:`LabelAutoencoder`.
-        reduction: ``"mean"`` or ``"sum"`` over code elements (see above).
+        form: ``"l2"``, ``"squared_l2"`` or ``"legacy_element_mean"`` (see above).
     """
 
-    def __init__(self, autoencoder: LabelAutoencoder, reduction: Literal["mean", "sum"] = "mean") -> None:
+    def __init__(self, autoencoder: LabelAutoencoder, form: MJAPForm = "l2") -> None:
         super().__init__()
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"AnatomicalPriorLoss: reduction must be 'mean' or 'sum', got {reduction!r}.")
-        self.reduction = reduction
+        if form not in MJAP_FORMS:
+            raise ValueError(f"AnatomicalPriorLoss: form must be one of {MJAP_FORMS}, got {form!r}.")
+        self.form = form
         self.autoencoder = freeze(autoencoder)
 
     def train(self, mode: bool = True) -> AnatomicalPriorLoss:
@@ -171,6 +224,7 @@ class AnatomicalPriorLoss(nn.Module):
             with torch.no_grad():
                 code_gt = ae.encode(labels_to_onehot(target, ae.num_classes), d)
             code_pred = ae.encode(p, d)
-            sq = (code_pred - code_gt).pow(2).flatten(1)  # (B, C*x*y)
-            per_sample = sq.mean(1) if self.reduction == "mean" else sq.sum(1)
-            return per_sample.mean()
+            return code_distance(code_pred, code_gt, d, self.form)
+
+    def extra_repr(self) -> str:
+        return f"form={self.form!r}"

@@ -7,7 +7,9 @@ recorded during the same forward pass, and adds the regularizers (computed in fl
 modules). In eval mode (nnU-Net's validation step) only ``L_seg`` is returned, so nnU-Net's
 ``val_loss`` stays comparable between schemes.
 
-:class:`LossTermTracker` accumulates the per-term values of an epoch for nnU-Net's logger.
+:class:`LossTermTracker` accumulates the per-term values of an epoch for nnU-Net's logger; an optional
+:class:`~nnunetv2_mtmd.losses.gradient_ratio.GradientNormProbe` samples the gradient-norm ratios of
+the weighted regularizers to the segmentation loss on the shared parameters.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from nnunetv2_mtmd.losses.gradient_ratio import GradientNormProbe
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ class RegularizedLoss(nn.Module):
         msc: a ``MultiScaleContrastiveLoss`` (MSC or SSC) or None.
         mjap: an ``AnatomicalPriorLoss`` or None.
         lambda_msc, lambda_mjap: weights (lambda2 and lambda3 of the paper).
+        grad_probe: a ``GradientNormProbe`` stepped once per training call with ``L_seg`` and the weighted
+            terms (every term the scheme has, finite or not), or None.
 
     ``output``/``target`` are lists (deep supervision, highest resolution first) or tensors
     ``(B, C, X, Y)`` / ``(B, 1, X, Y)``; MJAP uses the highest resolution only.
@@ -73,7 +79,8 @@ class RegularizedLoss(nn.Module):
 
     def __init__(self, seg_loss: nn.Module, network_state: Callable[[], tuple[bool, Sequence[Tensor], Tensor]],
                  msc: nn.Module | None = None, mjap: nn.Module | None = None,
-                 lambda_msc: float = 0.0, lambda_mjap: float = 0.0) -> None:
+                 lambda_msc: float = 0.0, lambda_mjap: float = 0.0,
+                 grad_probe: GradientNormProbe | None = None) -> None:
         super().__init__()
         self.seg_loss = seg_loss
         self.network_state = network_state
@@ -82,38 +89,39 @@ class RegularizedLoss(nn.Module):
         self.lambda_msc = float(lambda_msc)
         self.lambda_mjap = float(lambda_mjap)
         self.tracker = LossTermTracker()
+        self.grad_probe = grad_probe
 
     def forward(self, output: Tensor | list[Tensor], target: Tensor | list[Tensor]) -> Tensor:
         seg = self.seg_loss(output, target)
         training, features, domain_idx = self.network_state()
         if not training:
             return seg
-        total = seg
         self.tracker.add("seg", seg)
+        raw: dict[str, Tensor] = {}  # unweighted regularizer values
         if self.msc is not None:
             if not features:
                 raise RuntimeError("MSC needs the network's stage features: set network.collect_features = True")
             msc = self.msc(features, domain_idx)
             if getattr(self.msc, "last_num_valid_anchors", 1) == 0:
                 self.tracker.count("msc_skipped")
-            if _is_finite(msc):
-                self.tracker.add("msc", msc)
-                total = total + self.lambda_msc * msc.to(seg.dtype)
-            else:
-                self.tracker.count("msc_nonfinite")
-                logger.warning("MSC term is %s in this batch: left out of the loss (counted as msc_nonfinite).",
-                               float(msc.detach()))
+            raw["msc"] = msc
         if self.mjap is not None:
             out0 = output[0] if isinstance(output, (list, tuple)) else output
             tgt0 = target[0] if isinstance(target, (list, tuple)) else target
-            mjap = self.mjap(out0, tgt0, domain_idx)
-            if _is_finite(mjap):
-                self.tracker.add("mjap", mjap)
-                total = total + self.lambda_mjap * mjap.to(seg.dtype)
+            raw["mjap"] = self.mjap(out0, tgt0, domain_idx)
+        weights = {"msc": self.lambda_msc, "mjap": self.lambda_mjap}
+        weighted = {name: weights[name] * value for name, value in raw.items()}
+        if self.grad_probe is not None:
+            self.grad_probe.step(seg, {"msc": weighted.get("msc"), "mjap": weighted.get("mjap")})
+        total = seg
+        for name, term in weighted.items():
+            if _is_finite(raw[name]):
+                self.tracker.add(name, raw[name])
+                total = total + term.to(seg.dtype)
             else:
-                self.tracker.count("mjap_nonfinite")
-                logger.warning("MJAP term is %s in this batch: left out of the loss (counted as mjap_nonfinite).",
-                               float(mjap.detach()))
+                self.tracker.count(f"{name}_nonfinite")
+                logger.warning("%s term is %s in this batch: left out of the loss (counted as %s_nonfinite).",
+                               name.upper(), float(raw[name].detach()), name)
         return total
 
 

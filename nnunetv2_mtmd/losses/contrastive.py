@@ -9,8 +9,8 @@ References
   bottleneck, the domain as the class).
 * A. Boutillon et al., "Generalizable multi-task, multi-domain deep segmentation of sparse pediatric
   imaging datasets via multi-scale contrastive regularization and multi-joint anatomical priors",
-  2022 extension (MSC: the same loss at every encoder and decoder stage, averaged over stages,
-  temperature 0.1 at every stage).
+  2022 extension (MSC: the same loss at every encoder and decoder stage, temperature 0.1 at every
+  stage; lambda2 = 0.5 for their Att-UNet and Inception-UNet, 0.05 for Dense- and Efficient-UNet).
 
 Definition
 ----------
@@ -23,6 +23,33 @@ domain index of each sample), temperature ``tau``, ``A(i) = {a != i}`` (all othe
 
 This is Khosla et al.'s ``L_out`` averaged (not summed) over anchors, with no extra
 ``tau / base_tau`` factor (their reference code multiplies by it; with ``base_tau = tau`` it is 1).
+
+Scales: averaged, not summed
+----------------------------
+``MSC = 1/S * sum_s L(z^s)`` over the ``S`` selected stages. The 2022 paper's Eq. 5 (the combination
+over scales) is not legible in the source we work from, so this is a choice, taken because it keeps
+lambda2 meaningful across configurations: the averaged term has the range of a single SupCon loss
+(between its floor and about ``log(B - 1)``) whatever the number of regularized stages, so the same
+lambda2 weighs SSC (one stage) and MSC (9 stages for nnU-Net's 5-stage 2D U-Net) alike, and a
+lambda2 chosen for one depth still means the same for another. A sum would multiply the weight by S
+(lambda2 = 0.5 on 9 summed stages is 4.5 times one SupCon loss, more than the segmentation loss
+itself). With the paper's lambda2 = 0.5 on the mean, each stage
+carries 0.5 / S; had the paper summed over its S_p stages, its per-stage weight would be S / S_p
+times ours. The logged gradient-norm ratio MSC/seg (:mod:`nnunetv2_mtmd.losses.gradient_ratio`) is
+the check of the balance either way.
+
+Floor with balanced batches
+---------------------------
+For every anchor ``L_i >= log|P(i)|`` (the positive terms alone already give
+``logsumexp_p(s_ip) - mean_p(s_ip) >= log|P(i)|``), so with ``n = B/K`` samples per domain the loss is
+bounded below by ``log(n - 1) = log(B/K - 1)``, not 0 (0 only for ``B/K = 2``). When every sample's
+embedding equals its domain's embedding and two domains' embeddings have cosine ``c``::
+
+    L_i = log((n - 1) + (B - n) * exp((c - 1) / tau))
+
+which tends to ``log(B/K - 1)`` as ``(1 - c) / tau`` grows (at tau = 0.1 and orthogonal domains,
+``c = 0``, the excess is ``(B - n) / (n - 1) * e^-10``). Collapsed embeddings (``c = 1``, the start of
+training) give ``log(B - 1)``.
 
 Anchors without a positive (a domain with a single sample in the batch, or a batch in which every
 sample has its own domain) are **excluded** from the mean, as in the SupCon reference code: such an
@@ -55,9 +82,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nnunetv2_mtmd.losses.temperature import BoundedTemperature
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BoundedTemperature",
     "supcon_loss",
     "embed",
     "gather_across_ranks",
@@ -69,7 +99,13 @@ __all__ = [
 StageSpec = Literal["all", "bottleneck"] | Sequence[int]
 
 
-def _check_temperature(temperature: float) -> float:
+def _check_temperature(temperature: float | Tensor) -> float | Tensor:
+    """A float temperature is validated (finite, > 0); a tensor one (learnable) is passed through
+    unchecked, to avoid a host synchronisation: :class:`BoundedTemperature` keeps it in range."""
+    if isinstance(temperature, Tensor):
+        if temperature.dim() != 0:
+            raise ValueError(f"supcon_loss: a tensor temperature must be 0-dim, got shape {tuple(temperature.shape)}.")
+        return temperature
     t = float(temperature)
     if not t > 0 or t != t or t == float("inf"):
         raise ValueError(f"SupCon temperature must be a finite number > 0, got {temperature!r}.")
@@ -79,7 +115,7 @@ def _check_temperature(temperature: float) -> float:
 def supcon_loss(
     z: Tensor,
     labels: Tensor,
-    temperature: float = 0.1,
+    temperature: float | Tensor = 0.1,
     return_num_valid: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Supervised contrastive loss (Khosla et al. 2020, ``L_out``), averaged over valid anchors.
@@ -90,7 +126,8 @@ def supcon_loss(
     Args:
         z: embeddings, shape ``(B, D)``, any floating dtype.
         labels: integer class (here: domain index) per sample, shape ``(B,)``.
-        temperature: ``tau > 0``; the paper uses 0.1.
+        temperature: ``tau > 0``; the paper uses 0.1. A 0-dim tensor (a learnable temperature) is used
+            as is, in float32, and receives gradients.
         return_num_valid: also return the number of anchors that had at least one positive.
 
     Returns:
@@ -123,7 +160,8 @@ def supcon_loss(
             # No anchor can have a positive (nor a denominator): the loss is 0 by definition.
             loss = zf.sum() * 0.0
         else:
-            logits = (zf @ zf.t()) / t  # (B, B), cosine / tau
+            tf = t.float() if isinstance(t, Tensor) else t
+            logits = (zf @ zf.t()) / tf  # (B, B), cosine / tau
             # Self-similarity is excluded from the denominator: -inf BEFORE logsumexp. Every row
             # keeps B-1 >= 1 finite entries, so logsumexp is finite; masked_fill passes zero
             # gradient to the filled positions, so no NaN reaches the backward pass.
@@ -268,44 +306,77 @@ def gather_across_ranks(zs: Sequence[Tensor], labels: Tensor) -> tuple[list[Tens
 def multi_scale_supcon_loss(
     features: Sequence[Tensor],
     labels: Tensor,
-    temperature: float = 0.1,
+    temperature: float | Tensor = 0.1,
     stages: StageSpec = "all",
     bottleneck_index: int | None = None,
     gather_distributed: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Functional form of :class:`MultiScaleContrastiveLoss`.
 
+    ``temperature`` is one float for every stage, or an ``(S,)`` tensor with one (learnable)
+    temperature per selected stage, in the order of :func:`select_stages`.
+
     With ``gather_distributed`` (and torch.distributed initialised with several ranks) the
     embeddings of all ranks are gathered with gradients (:func:`gather_across_ranks`) and the loss
     is computed over the global batch, identically on every rank.
 
     Returns:
-        ``(loss, per_stage, num_valid)``: the scalar mean over the selected stages of
-        :func:`supcon_loss` on :func:`embed` of each stage, the ``(S,)`` per-stage losses, and the
-        number of anchors with a positive (the same at every stage: it depends on the labels only).
+        ``(loss, per_stage, num_valid)``: the scalar MEAN over the selected stages of
+        :func:`supcon_loss` on :func:`embed` of each stage (module docstring: "Scales: averaged, not
+        summed"), the ``(S,)`` per-stage losses, and the number of anchors with a positive (the same
+        at every stage: it depends on the labels only).
     """
     idx = select_stages(len(features), stages, bottleneck_index)
+    if isinstance(temperature, Tensor) and temperature.shape != (len(idx),):
+        raise ValueError(f"multi-scale contrastive loss: {len(idx)} stage(s) selected but the temperature tensor "
+                         f"has shape {tuple(temperature.shape)}; expected ({len(idx)},), one per stage.")
     zs = embed([features[i] for i in idx])
     if gather_distributed:
         zs, labels = gather_across_ranks(zs, labels.reshape(-1))
     per_stage = []
     num_valid = None
-    for z in zs:
-        loss_s, num_valid = supcon_loss(z, labels, temperature, return_num_valid=True)
+    for s, z in enumerate(zs):
+        tau = temperature[s] if isinstance(temperature, Tensor) else temperature
+        loss_s, num_valid = supcon_loss(z, labels, tau, return_num_valid=True)
         per_stage.append(loss_s)
     per_stage_t = torch.stack(per_stage)
     return per_stage_t.mean(), per_stage_t, num_valid
 
 
+def _num_scales(stages: StageSpec, num_features: int | None, bottleneck_index: int | None) -> int:
+    """Number of stages a loss with these settings uses (needed before the first forward pass to
+    create one learnable temperature per stage)."""
+    if stages == "bottleneck":
+        return 1
+    if stages == "all":
+        if num_features is None:
+            raise ValueError("MultiScaleContrastiveLoss: a learnable temperature with stages='all' needs "
+                             "num_features (the length of the feature list, 2 * n_stages - 1) to create one "
+                             "temperature per stage.")
+        return num_features
+    if num_features is not None:
+        return len(select_stages(num_features, stages, bottleneck_index))
+    return len(stages)
+
+
 class MultiScaleContrastiveLoss(nn.Module):
     """MSC (``stages="all"``) or SSC (``stages="bottleneck"``) regularization.
 
-    ``loss = mean over selected stages s of supcon_loss(L2norm(GAP(features[s])), domain_idx, tau)``
-    (Boutillon et al. 2021/2022; Khosla et al. 2020). Same temperature at every stage. Computed in
-    float32 under autocast. Has no parameters.
+    ``loss = 1/S * sum over the S selected stages s of supcon_loss(L2norm(GAP(features[s])), domain_idx,
+    tau_s)`` (Boutillon et al. 2021/2022; Khosla et al. 2020): the stages are AVERAGED, so lambda2 does
+    not depend on how many stages are regularized (module docstring, "Scales: averaged, not summed").
+    Computed in float32 under autocast. Its floor with balanced batches is ``log(B/K - 1)`` (module
+    docstring).
+
+    Temperatures: by default ``tau_s = temperature`` at every stage (the paper: 0.1) and the module has
+    no parameters. With ``learnable_temperature`` it holds a :class:`BoundedTemperature` (attribute
+    :attr:`temperatures`): one parameter per selected stage, started at ``temperature`` and kept in
+    ``temperature_range`` (a sigmoid between the bounds, in log space); the trainer hands its
+    parameters to the optimizer. Under DDP with ``gather_distributed`` every rank computes the same
+    loss over the global batch, so the temperature gradients agree on every rank without averaging.
 
     Args:
-        temperature: ``tau`` (default 0.1, as in the paper).
+        temperature: ``tau`` (default 0.1, as in the paper); the starting value when learnable.
         stages: ``"all"``, ``"bottleneck"`` or a list of feature-list indices; see
             :func:`select_stages` for the order of the feature list.
         bottleneck_index: index of the bottleneck in the feature list; None derives it as
@@ -313,6 +384,11 @@ class MultiScaleContrastiveLoss(nn.Module):
         gather_distributed: under torch.distributed (DDP), compute the loss over the embeddings of
             all ranks (all-gathered with gradients) instead of this rank's samples only; a no-op
             in a single process. Every rank must then call the loss in every training step.
+        learnable_temperature: learn one temperature per selected stage (the 2022 paper's future work).
+        temperature_range: ``(lo, hi)`` of the learnable temperatures (``lo < temperature < hi``).
+        num_features: length of the feature list the loss will be called with; required with
+            ``learnable_temperature`` and ``stages="all"`` (to know the number of temperatures), and
+            then checked at every call.
 
     After each forward, :attr:`last_num_valid_anchors` holds the number of anchors with at least one
     positive (a Python int, read from the device once per call; 0 means the batch carried no
@@ -326,9 +402,12 @@ class MultiScaleContrastiveLoss(nn.Module):
         stages: StageSpec = "all",
         bottleneck_index: int | None = None,
         gather_distributed: bool = False,
+        learnable_temperature: bool = False,
+        temperature_range: tuple[float, float] = (0.03, 1.0),
+        num_features: int | None = None,
     ) -> None:
         super().__init__()
-        self.temperature = _check_temperature(temperature)
+        self.temperature = _check_temperature(float(temperature))
         self.gather_distributed = bool(gather_distributed)
         if isinstance(stages, str):
             if stages not in ("all", "bottleneck"):
@@ -337,8 +416,26 @@ class MultiScaleContrastiveLoss(nn.Module):
         else:
             self.stages = [int(s) for s in stages]
         self.bottleneck_index = bottleneck_index
+        self.num_features = num_features
+        self.temperatures: BoundedTemperature | None = None
+        if learnable_temperature:
+            n = _num_scales(self.stages, num_features, bottleneck_index)
+            self.temperatures = BoundedTemperature(n, self.temperature, temperature_range)
         self.last_num_valid_anchors: int | None = None
         self.last_stage_losses: Tensor | None = None
+
+    @property
+    def learnable_temperature(self) -> bool:
+        return self.temperatures is not None
+
+    def temperature_values(self) -> list[float]:
+        """Current temperature of every selected stage (learnable: one host synchronisation); with a fixed
+        temperature and an unknown number of stages, a one-element list."""
+        if self.temperatures is not None:
+            return self.temperatures.values()
+        if self.num_features is None and self.stages == "all":
+            return [self.temperature]
+        return [self.temperature] * _num_scales(self.stages, self.num_features, self.bottleneck_index)
 
     def forward(self, features: Sequence[Tensor], domain_idx: Tensor) -> Tensor:
         """Args:
@@ -349,8 +446,14 @@ class MultiScaleContrastiveLoss(nn.Module):
         Returns:
             Scalar float32 loss.
         """
+        temperature: float | Tensor = self.temperature
+        if self.temperatures is not None:
+            if self.num_features is not None and len(features) != self.num_features:
+                raise ValueError(f"MultiScaleContrastiveLoss: built for {self.num_features} feature maps (one "
+                                 f"learnable temperature per stage), called with {len(features)}.")
+            temperature = self.temperatures()
         loss, per_stage, num_valid = multi_scale_supcon_loss(
-            features, domain_idx, self.temperature, self.stages, self.bottleneck_index, self.gather_distributed
+            features, domain_idx, temperature, self.stages, self.bottleneck_index, self.gather_distributed
         )
         self.last_num_valid_anchors = int(num_valid)
         self.last_stage_losses = per_stage.detach()
@@ -359,5 +462,6 @@ class MultiScaleContrastiveLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, stages={self.stages!r}, "
-            f"bottleneck_index={self.bottleneck_index}, gather_distributed={self.gather_distributed}"
+            f"bottleneck_index={self.bottleneck_index}, gather_distributed={self.gather_distributed}, "
+            f"learnable_temperature={self.learnable_temperature}"
         )

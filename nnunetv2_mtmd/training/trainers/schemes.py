@@ -3,9 +3,13 @@
 The schemes, their names, labels and switches are listed once, in :data:`nnunetv2_mtmd.schemes.SCHEMES`
 (docs/method.md shows the table); each class here is the trainer of one entry.
 
-Weights (class attributes, change them in a tiny subclass): ``lambda_msc`` (lambda2, default 0.1),
-``lambda_mjap`` (lambda3, default 0.1, the paper's value), autoencoder ``ae_lambda_msc`` (lambda1,
-0.05) and ``ae_iterations`` (length of the autoencoder phase). Why lambda2 = 0.1: see docs/method.md.
+Weights (class attributes, change them in a tiny subclass): ``lambda_msc`` (lambda2, default 0.5) and
+``lambda_mjap`` (lambda3, default 0.1, on the paper's Eq. 7 distance ``mjap_form = "l2"``), the paper's
+values for its Att-UNet (docs/method.md, "Default weights"), autoencoder ``ae_lambda_msc`` (lambda1,
+0.05) and ``ae_iterations`` (length of the autoencoder phase). Every ``grad_ratio_every`` training
+iterations the gradient-norm ratios MSC/seg and MJAP/seg on the shared convolutions are sampled
+(``losses/gradient_ratio.py``); their per-epoch medians are logged. ``msc_learnable_temperature``
+learns one MSC temperature per scale (trained by nnU-Net's optimizer, saved in its checkpoint).
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from nnunetv2_mtmd.schemes import MULTI_DOMAIN
 from nnunetv2_mtmd.training.trainers.base import nnUNetTrainerMTMD_DSL
 
 EXTRA_LOG_KEYS = ("seg_loss", "msc_loss", "mjap_loss", "msc_skipped_batches", "msc_nonfinite_batches",
-                  "mjap_nonfinite_batches")
+                  "mjap_nonfinite_batches", "msc_grad_ratio", "mjap_grad_ratio", "grad_ratio_samples",
+                  "msc_temperature")
+#: Key of the learnable MSC temperatures in nnU-Net's checkpoint dict.
+MSC_TEMPERATURE_KEY = "mtmd_msc_temperature"
 #: Tracker counters (summed over an epoch, and over the ranks under DDP) -> logger keys.
 COUNTERS = {"msc_skipped": "msc_skipped_batches", "msc_nonfinite": "msc_nonfinite_batches",
             "mjap_nonfinite": "mjap_nonfinite_batches"}
@@ -28,13 +35,18 @@ COUNTERS = {"msc_skipped": "msc_skipped_batches", "msc_nonfinite": "msc_nonfinit
 class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
     """DSL + MSC + MJAP: ``L = Dice+CE + lambda_msc * MSC + lambda_mjap * MJAP`` (Boutillon et al. 2022)."""
 
-    lambda_msc: float = 0.1
+    lambda_msc: float = 0.5
     msc_stages: str = "all"
     msc_temperature: float = 0.1
     #: Learn one temperature per MSC scale (initialised at ``msc_temperature``), kept in this range.
     msc_learnable_temperature: bool = False
     msc_temperature_range: tuple[float, float] = (0.03, 1.0)
     lambda_mjap: float = 0.1
+    #: MJAP distance (``AnatomicalPriorLoss`` form): "l2" is the paper's Eq. 7; "legacy_element_mean" the
+    #: form of the results trained before issue 22.
+    mjap_form: str = "l2"
+    #: Sample the gradient-norm ratios every this many training iterations (0: never).
+    grad_ratio_every: int = 50
     ae_lambda_msc: float = 0.05
     ae_iterations: int = 500
     ae_features: tuple = (16, 32, 64, 64)
@@ -46,32 +58,69 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
         from nnunetv2_mtmd.architectures.label_autoencoder import LabelAutoencoder
         from nnunetv2_mtmd.losses.anatomical_prior import AnatomicalPriorLoss
         from nnunetv2_mtmd.losses.combined import RegularizedLoss
-        from nnunetv2_mtmd.losses.contrastive import MultiScaleContrastiveLoss
 
         net = self._plain_network()
         net.collect_features = self.lambda_msc > 0
         self.autoencoder = None
-        mjap = msc = None
+        mjap = None
         if self.lambda_mjap > 0:
             conv_op = torch.nn.Conv3d if len(self.configuration_manager.patch_size) == 3 else torch.nn.Conv2d
             self.autoencoder = LabelAutoencoder(self.domain_spec.domain_label_ids, features=self.ae_features,
                                                 conv_op=conv_op).to(self.device)
             self.autoencoder_trained = False
-            mjap = AnatomicalPriorLoss(self.autoencoder)
-        if self.lambda_msc > 0:
-            msc = MultiScaleContrastiveLoss(self.msc_temperature, self.msc_stages, gather_distributed=self.is_ddp)
+            mjap = AnatomicalPriorLoss(self.autoencoder, form=self.mjap_form)
 
         def network_state():
             return net.training, getattr(net, "last_features", None), net.last_domain_idx
 
-        self.loss = RegularizedLoss(self.loss, network_state, msc=msc, mjap=mjap,
-                                    lambda_msc=self.lambda_msc, lambda_mjap=self.lambda_mjap)
+        self.loss = RegularizedLoss(self.loss, network_state, msc=self._msc_loss(), mjap=mjap,
+                                    lambda_msc=self.lambda_msc, lambda_mjap=self.lambda_mjap,
+                                    grad_probe=self._grad_ratio_probe(net))
         for k in EXTRA_LOG_KEYS:
             self.logger.local_logger.my_fantastic_logging.setdefault(k, [])
 
     def _plain_network(self) -> torch.nn.Module:
         mod = self.network.module if self.is_ddp else self.network
         return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    # ------------------------------------------------------------------- MSC, its temperatures, probe
+    def _msc_loss(self):
+        """The scheme's ``MultiScaleContrastiveLoss`` (None without MSC), built once: ``configure_optimizers``
+        (inside nnU-Net's ``initialize``, before the loss exists) needs its learnable temperatures."""
+        if self.lambda_msc <= 0:
+            return None
+        if getattr(self, "_msc", None) is None:
+            from nnunetv2_mtmd.architectures.unet import unwrap_network
+            from nnunetv2_mtmd.losses.contrastive import MultiScaleContrastiveLoss
+
+            n_stages = len(unwrap_network(self.network).encoder.output_channels)
+            self._msc = MultiScaleContrastiveLoss(
+                self.msc_temperature, self.msc_stages, gather_distributed=self.is_ddp,
+                learnable_temperature=self.msc_learnable_temperature,
+                temperature_range=tuple(self.msc_temperature_range), num_features=2 * n_stages - 1,
+            ).to(self.device)
+        return self._msc
+
+    def configure_optimizers(self):
+        """nnU-Net's optimizer and schedule, plus the learnable MSC temperatures as their own parameter group:
+        same learning rate and poly schedule (nnU-Net's scheduler sets every group's rate), no weight decay."""
+        optimizer, lr_scheduler = super().configure_optimizers()
+        msc = self._msc_loss()
+        if msc is not None and msc.temperatures is not None:
+            optimizer.add_param_group({"params": list(msc.temperatures.parameters()), "weight_decay": 0.0,
+                                       "lr": optimizer.param_groups[0]["lr"]})
+        return optimizer, lr_scheduler
+
+    def _grad_ratio_probe(self, net: torch.nn.Module):
+        """The gradient-norm ratio probe on the shared convolutions (None when disabled)."""
+        if self.grad_ratio_every <= 0:
+            return None
+        from nnunetv2_mtmd.losses.gradient_ratio import GradientNormProbe, shared_parameters
+
+        def loss_scale() -> float:
+            return float(self.grad_scaler.get_scale()) if self.grad_scaler is not None else 1.0
+
+        return GradientNormProbe(shared_parameters(net), every=int(self.grad_ratio_every), loss_scale=loss_scale)
 
     # --------------------------------------------------------------- phase 1: label autoencoder
     def on_train_start(self):
@@ -117,6 +166,34 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
             + (f"  non-finite regularizer left out: MSC in {counts['msc_nonfinite_batches']}, MJAP in "
                f"{counts['mjap_nonfinite_batches']} batch(es)" if nonfinite else "")
         )
+        self._log_grad_ratios()
+        self._log_temperatures()
+
+    def _log_grad_ratios(self) -> None:
+        """The epoch's median gradient-norm ratios: nnU-Net's logger and ONE training-log line (its form is
+        parsed by the study report: ``format_ratio_line``); NaN for a term the scheme lacks or no sample."""
+        from nnunetv2_mtmd.losses.gradient_ratio import GradRatioSummary, format_ratio_line
+
+        probe = self.loss.grad_probe
+        summary = probe.pop_epoch() if probe is not None else GradRatioSummary(0, np.nan, np.nan)
+        values = summary.as_log_values()
+        if self.is_ddp:  # each rank's medians, averaged over the ranks (sample counts summed)
+            from nnunetv2_mtmd.training.ddp import reduce_term_means
+
+            values = reduce_term_means(values, counters=("grad_ratio_samples",))
+            summary = GradRatioSummary(int(values["grad_ratio_samples"]), values["msc_grad_ratio"],
+                                       values["mjap_grad_ratio"])
+        for key, v in values.items():
+            self.logger.log(key, float(v), self.current_epoch)
+        self.print_to_log_file(format_ratio_line(summary))
+
+    def _log_temperatures(self) -> None:
+        """The MSC temperature of every scale (learnable or fixed; NaN without MSC)."""
+        msc = self.loss.msc
+        temps = msc.temperature_values() if msc is not None else [np.nan]
+        self.logger.log("msc_temperature", [float(t) for t in temps], self.current_epoch)
+        if msc is not None and msc.learnable_temperature:
+            self.print_to_log_file("MSC temperatures per scale: " + " ".join(f"{t:.4f}" for t in temps))
 
     def on_epoch_end(self):
         super().on_epoch_end()
@@ -131,9 +208,13 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
         """The label autoencoder travels in nnU-Net's checkpoint (base.py saves it atomically)."""
         from nnunetv2_mtmd.training.checkpoint import AE_KEY, autoencoder_entry
 
-        if self.autoencoder is None:
-            return {}
-        return {AE_KEY: autoencoder_entry(self.autoencoder, self.autoencoder_trained)}
+        extra = {}
+        if self.autoencoder is not None:
+            extra[AE_KEY] = autoencoder_entry(self.autoencoder, self.autoencoder_trained)
+        msc = self._msc_loss()
+        if msc is not None and msc.temperatures is not None:  # the learnable MSC temperatures
+            extra[MSC_TEMPERATURE_KEY] = msc.temperatures.checkpoint_entry()
+        return extra
 
     def load_checkpoint(self, filename_or_checkpoint):
         super().load_checkpoint(filename_or_checkpoint)
@@ -142,9 +223,13 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
 
         ckpt = filename_or_checkpoint
         where = str(ckpt) if isinstance(ckpt, str) else "checkpoint"
+        msc = self._msc_loss()
+        learnable = msc is not None and msc.temperatures is not None
+        if isinstance(ckpt, str) and (self.autoencoder is not None or learnable):
+            ckpt = load_checkpoint_file(ckpt, map_location=self.device)  # nnU-Net read it unsafely; the plugin safely
+        if learnable:
+            self._restore_temperatures(msc, ckpt, where)
         if self.autoencoder is not None:
-            if isinstance(ckpt, str):  # nnU-Net read it with weights_only=False; the plugin reads safely
-                ckpt = load_checkpoint_file(ckpt, map_location=self.device)
             if ckpt.get(AE_KEY) is not None:
                 self.autoencoder_trained = restore_autoencoder(self.autoencoder, ckpt[AE_KEY], where)
                 if self.autoencoder_trained:
@@ -152,6 +237,17 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
         for k in EXTRA_LOG_KEYS:  # a checkpoint without a key (older version) gets NaN for its epochs
             values = self.logger.local_logger.my_fantastic_logging.setdefault(k, [])
             values.extend([np.nan] * (self.current_epoch - len(values)))
+
+    def _restore_temperatures(self, msc, ckpt: dict, where: str) -> None:
+        """Learnable MSC temperatures from the checkpoint (nnU-Net's optimizer state, restored by nnU-Net,
+        holds their momentum); a checkpoint without them keeps the starting values, with a log line."""
+        entry = ckpt.get(MSC_TEMPERATURE_KEY)
+        if entry is None:
+            self.print_to_log_file(f"WARNING: {where} holds no learnable MSC temperatures ('{MSC_TEMPERATURE_KEY}'); "
+                                   f"they start again at {self.msc_temperature}.")
+            return
+        msc.temperatures.load_checkpoint_entry(entry, f"{where}['{MSC_TEMPERATURE_KEY}']")
+        self.print_to_log_file("MSC temperatures restored: " + " ".join(f"{t:.4f}" for t in msc.temperature_values()))
 
 
 class nnUNetTrainerMTMD_DSL_MSC(nnUNetTrainerMTMD):
