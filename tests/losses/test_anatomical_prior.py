@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from nnunetv2_mtmd.losses.anatomical_prior import (
     AnatomicalPriorLoss,
     LabelAutoencoder,
     autoencoder_loss,
+    code_distance,
+    domain_mean,
     labels_to_onehot,
 )
 from nnunetv2_mtmd.losses.contrastive import MultiScaleContrastiveLoss
@@ -93,12 +96,15 @@ def test_mjap_is_zero_for_a_perfect_prediction():
     assert mjap(_seg_logits(target, d, 3.0), target, d).item() > 1e-6
 
 
-def test_mjap_matches_independent_per_sample_computation():
+def test_mjap_matches_independent_eq7_computation():
+    """Eq. 7 through the autoencoder, recomputed sample by sample in float64 (unequal domain counts:
+    two ankle samples, one knee). Replaces the old assertion on the per-element mean, which is now the
+    explicitly named legacy form (still checked here against the same independent codes)."""
     ae = _trained_like_ae(1)
     d = torch.tensor([0, 1, 0])
     target = random_labels(d.tolist(), 8, seed=8)
     logits = _seg_logits(target, d, 2.0, seed=1)
-    per_sample = []
+    diffs = []
     with torch.no_grad():
         for b, k in enumerate(d.tolist()):
             chans = [0, *IDS[k]]
@@ -106,14 +112,59 @@ def test_mjap_matches_independent_per_sample_computation():
             probs[:, chans] = torch.softmax(logits[b : b + 1, chans], 1)  # softmax over the domain head
             code_pred = ae.encode(probs, d[b : b + 1])
             code_gt = ae.encode(labels_to_onehot(target[b : b + 1], C), d[b : b + 1])
-            per_sample.append(((code_pred - code_gt) ** 2).double())
-    numel = per_sample[0].numel()
-    assert numel == 8 * 2 * 2
-    expected_mean = sum(float(x.mean()) for x in per_sample) / 3
-    expected_sum = sum(float(x.sum()) for x in per_sample) / 3
-    assert AnatomicalPriorLoss(ae)(logits, target, d).item() == pytest.approx(expected_mean, rel=1e-5)
-    assert AnatomicalPriorLoss(ae, "sum")(logits, target, d).item() == pytest.approx(expected_sum, rel=1e-5)
-    assert expected_sum == pytest.approx(expected_mean * numel, rel=1e-9)
+            diffs.append((code_pred - code_gt).double().flatten())
+    norms = [math.sqrt(float((x**2).sum())) for x in diffs]  # summed over ALL code elements
+    eq7 = ((norms[0] + norms[2]) / 2 + norms[1]) / 2  # 1/K sum_k 1/n_k sum_{i in k}
+    squared = ((norms[0] ** 2 + norms[2] ** 2) / 2 + norms[1] ** 2) / 2
+    legacy = sum(float((x**2).mean()) for x in diffs) / 3
+    assert eq7 > 0 and eq7 != pytest.approx(sum(norms) / 3, rel=1e-3)  # the domain averaging matters here
+    assert AnatomicalPriorLoss(ae)(logits, target, d).item() == pytest.approx(eq7, rel=1e-5)
+    assert AnatomicalPriorLoss(ae, "l2")(logits, target, d).item() == pytest.approx(eq7, rel=1e-5)
+    assert AnatomicalPriorLoss(ae, "squared_l2")(logits, target, d).item() == pytest.approx(squared, rel=1e-5)
+    assert AnatomicalPriorLoss(ae, "legacy_element_mean")(logits, target, d).item() == pytest.approx(legacy, rel=1e-5)
+
+
+# Hand-computed Eq. 7 values: per-sample code differences whose norms are whole numbers.
+# Codes (B, 2, 2, 1): each difference is written out as its 4 elements (channels x positions).
+EQ7_TABLE = [
+    # domains, differences, Eq. 7 (l2), squared_l2, legacy_element_mean
+    ([0, 0, 0, 1], [[3, 4, 0, 0], [6, 0, 0, 8], [0, 0, 0, 0], [5, 0, 12, 0]],
+     (15 / 3 + 13) / 2, (125 / 3 + 169) / 2, (25 + 100 + 0 + 169) / 4 / 4),
+    ([1, 0, 1], [[1, 1, 1, 1], [1, 2, 2, 4], [2, 2, 2, 2]],
+     (5 + (2 + 4) / 2) / 2, (25 + (4 + 16) / 2) / 2, (4 + 25 + 16) / 4 / 3),
+    ([2, 0, 2, 2, 1], [[0, 0, 3, 4], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [2, 2, 2, 2]],
+     ((5 + 0 + 0) / 3 + 1 + 4) / 3, ((25 + 0 + 0) / 3 + 1 + 16) / 3, (25 + 1 + 0 + 0 + 16) / 4 / 5),
+]
+
+
+@pytest.mark.parametrize("domains, differences, l2, squared, legacy", EQ7_TABLE)
+def test_code_distance_hand_computed(domains, differences, l2, squared, legacy):
+    g = torch.Generator().manual_seed(len(domains))
+    code_gt = torch.randn(len(domains), 2, 2, 1, generator=g, dtype=torch.float64)
+    code_pred = code_gt + torch.tensor(differences, dtype=torch.float64).view(-1, 2, 2, 1)
+    d = torch.tensor(domains)
+    assert code_distance(code_pred, code_gt, d, "l2").item() == pytest.approx(l2, rel=1e-6)
+    assert code_distance(code_pred, code_gt, d, "squared_l2").item() == pytest.approx(squared, rel=1e-6)
+    assert code_distance(code_pred, code_gt, d, "legacy_element_mean").item() == pytest.approx(legacy, rel=1e-6)
+
+
+def test_domain_mean_weights_each_present_domain_equally():
+    v = torch.tensor([1.0, 2.0, 3.0, 10.0])
+    assert domain_mean(v, torch.tensor([0, 0, 0, 5])).item() == pytest.approx((2.0 + 10.0) / 2)
+    assert domain_mean(v, torch.tensor([4, 4, 4, 4])).item() == pytest.approx(4.0)  # one domain: plain mean
+    assert domain_mean(v, torch.tensor([0, 1, 0, 1])).item() == pytest.approx(v.mean().item())  # balanced
+
+
+def test_eq7_gradient_is_finite_at_a_perfect_prediction():
+    """The L2 norm's derivative at a zero difference: 0, not NaN (a perfect sample in the batch)."""
+    code_gt = torch.randn(3, 2, 2, 2)
+    code_pred = code_gt.clone().requires_grad_()
+    with torch.no_grad():
+        code_pred[1] += 1.0
+    code_distance(code_pred, code_gt, torch.tensor([0, 1, 1]), "l2").backward()
+    assert torch.isfinite(code_pred.grad).all()
+    assert torch.equal(code_pred.grad[0], torch.zeros_like(code_pred.grad[0]))
+    assert code_pred.grad[1].abs().sum() > 0
 
 
 def test_unified_softmax_equals_domain_softmax():
@@ -186,9 +237,11 @@ def test_mjap_under_autocast_is_fp32():
     assert out.item() == pytest.approx(ref.item(), rel=1e-6)
 
 
-def test_mjap_rejects_bad_reduction():
-    with pytest.raises(ValueError, match="reduction"):
-        AnatomicalPriorLoss(small_ae(), reduction="max")
+def test_mjap_rejects_bad_form():
+    with pytest.raises(ValueError, match="form must be one of"):
+        AnatomicalPriorLoss(small_ae(), form="max")
+    with pytest.raises(ValueError, match="form must be one of"):
+        code_distance(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), "sum")
 
 
 def test_state_dict_round_trip_with_weights_only(tmp_path):

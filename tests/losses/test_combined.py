@@ -65,3 +65,38 @@ def test_tracker_means_and_counters():
     t.count("skipped")
     assert t.pop_means() == {"seg": 3.0, "skipped": 2.0}
     assert t.pop_means() == {}
+
+
+def test_gradient_probe_sees_the_weighted_terms_and_leaves_the_step_unchanged():
+    from nnunetv2_mtmd.losses.gradient_ratio import GradientNormProbe
+
+    torch.manual_seed(1)
+    conv = nn.Conv2d(2, 4, 1)
+    dom = torch.tensor([0, 0, 1, 1])
+    x = torch.randn(4, 2, 8, 8)
+    tgt = torch.tensor([1, 2, 3, 0]).view(4, 1, 1, 1).expand(4, 1, 8, 8).float()
+    ae = LabelAutoencoder(IDS, features=(4, 8), strides=(1, 2))
+    grads = []
+    for with_probe in (False, True):
+        conv.zero_grad()
+        out = conv(x)
+        feats = [out, out[:, :, ::2, ::2]]
+        probe = GradientNormProbe([conv.weight, conv.bias], every=1) if with_probe else None
+        loss = RegularizedLoss(_Seg(), _state(True, feats, dom), MultiScaleContrastiveLoss(), AnatomicalPriorLoss(ae),
+                               0.5, 0.1, grad_probe=probe)
+        loss(out, tgt).backward()
+        grads.append(conv.weight.grad.clone())
+    assert torch.equal(grads[0], grads[1])  # the probe does not alter nnU-Net's backward
+    # the probe's ratios are those of the WEIGHTED terms: recompute them independently
+    out = conv(x)
+    feats = [out, out[:, :, ::2, ::2]]
+    params = [conv.weight, conv.bias]
+
+    def norm(t):
+        return sum(float(g.pow(2).sum()) for g in torch.autograd.grad(t, params, retain_graph=True)) ** 0.5
+
+    msc = 0.5 * MultiScaleContrastiveLoss()(feats, dom)
+    mjap = 0.1 * AnatomicalPriorLoss(ae)(out, tgt, dom)
+    seg = out.mean()
+    assert probe.ratios["msc"] == pytest.approx([norm(msc) / norm(seg)], rel=1e-4)
+    assert probe.ratios["mjap"] == pytest.approx([norm(mjap) / norm(seg)], rel=1e-4)

@@ -297,3 +297,114 @@ def test_select_stages(n, stages, bottleneck, expected):
 def test_select_stages_errors(n, stages, match):
     with pytest.raises(ValueError, match=match):
         select_stages(n, stages)
+
+
+# ------------------------------------------------------------------------------ loss floor (issue 22)
+
+
+@pytest.mark.parametrize(
+    "b, k, tau, cos_between",
+    [(6, 2, 0.1, 0.0), (6, 3, 0.1, 0.0), (8, 2, 0.1, -1.0), (12, 3, 0.5, 0.0), (9, 3, 0.1, 1.0)],
+)
+def test_floor_when_every_embedding_equals_its_domains(b, k, tau, cos_between):
+    """Every sample's embedding equals its domain's: L_i = log((n-1) + (B-n) exp((c-1)/tau)) with
+    n = B/K (hand-computed), never below the floor log(B/K - 1) and close to it once domains separate."""
+    n = b // k
+    if cos_between == -1.0:  # two antipodal domain embeddings
+        protos = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    elif cos_between == 1.0:  # collapsed: all domains on one vector (start of training)
+        protos = torch.ones(k, 3)
+    else:  # orthogonal domain embeddings
+        protos = torch.eye(k)
+    labels = torch.arange(k).repeat_interleave(n)
+    z = protos[labels]
+    expected = math.log((n - 1) + (b - n) * math.exp((cos_between - 1) / tau))
+    loss = supcon_loss(z, labels, tau)
+    assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    floor = math.log(b / k - 1)
+    assert loss.item() >= floor - 1e-6
+    if cos_between == 1.0:
+        assert loss.item() == pytest.approx(math.log(b - 1), rel=1e-6)  # the starting value
+    elif tau == 0.1:
+        assert loss.item() - floor < 1e-3  # separated at tau = 0.1: within e^-10 of the floor
+
+
+def test_floor_holds_for_random_balanced_batches():
+    labels = torch.arange(3).repeat_interleave(4)  # B = 12, K = 3: floor log(3)
+    for seed in range(5):
+        z = torch.randn(12, 6, generator=torch.Generator().manual_seed(seed))
+        assert supcon_loss(z, labels, 0.1).item() >= math.log(12 / 3 - 1) - 1e-6
+
+
+def test_msc_averages_not_sums_the_scales():
+    """Same features at every stage -> MSC equals the one-stage (SSC) value, whatever the stage count."""
+    f = _stage_features(b=6)[2]
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    one = MultiScaleContrastiveLoss(0.1, stages=[0])([f], labels).item()
+    for s in (3, 9):
+        assert MultiScaleContrastiveLoss(0.1, "all")([f] * s, labels).item() == pytest.approx(one, rel=1e-6)
+
+
+# ------------------------------------------------------------------- learnable temperature (issue 22)
+
+
+def test_tensor_temperature_equals_float_temperature_and_gets_a_gradient():
+    torch.manual_seed(6)
+    z = torch.randn(6, 5)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    tau = torch.tensor(0.2, requires_grad=True)
+    loss = supcon_loss(z, labels, tau)
+    assert loss.item() == pytest.approx(supcon_loss(z, labels, 0.2).item(), rel=1e-6)
+    loss.backward()
+    assert tau.grad is not None and torch.isfinite(tau.grad) and tau.grad != 0
+    with pytest.raises(ValueError, match="0-dim"):
+        supcon_loss(z, labels, torch.tensor([0.1, 0.2]))
+
+
+def test_learnable_msc_starts_at_the_fixed_loss_and_has_one_temperature_per_scale():
+    feats = _stage_features()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    fixed = MultiScaleContrastiveLoss(0.1, "all")
+    lt = MultiScaleContrastiveLoss(0.1, "all", learnable_temperature=True, num_features=5)
+    assert [n for n, _ in lt.named_parameters()] == ["temperatures.theta"] and lt.temperatures.num_scales == 5
+    assert lt(feats, labels).item() == pytest.approx(fixed(feats, labels).item(), rel=1e-5)
+    assert lt.temperature_values() == pytest.approx([0.1] * 5, rel=1e-5)
+    assert fixed.temperature_values() == [0.1] and list(fixed.parameters()) == []
+    ssc = MultiScaleContrastiveLoss(0.1, "bottleneck", learnable_temperature=True)
+    assert ssc.temperatures.num_scales == 1 and ssc(feats, labels).item() > 0
+
+
+def test_learnable_temperatures_are_positive_get_gradients_and_stay_in_range():
+    """Plain SGD with a huge learning rate, both directions: every temperature stays in [0.03, 1.0]."""
+    feats = [f.requires_grad_() for f in _stage_features()]
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    ends = []
+    for sign in (1.0, -1.0):
+        msc = MultiScaleContrastiveLoss(0.1, "all", learnable_temperature=True, temperature_range=(0.03, 1.0),
+                                        num_features=5)
+        opt = torch.optim.SGD(msc.parameters(), lr=1e4, momentum=0.99, nesterov=True)
+        for _ in range(200):
+            opt.zero_grad()
+            (sign * msc(feats, labels)).backward()
+            g = msc.temperatures.theta.grad
+            assert g is not None and torch.isfinite(g).all()
+            opt.step()
+            t = msc.temperatures()
+            assert torch.isfinite(t).all() and (t > 0).all() and (t >= 0.03).all() and (t <= 1.0).all()
+        assert torch.isfinite(msc(feats, labels))
+        # pushed all the way to a bound (the sigmoid saturates there), opposite bounds for the two directions
+        end = msc.temperature_values()
+        assert all(v == pytest.approx(end[0], rel=1e-3) for v in end) and end[0] in (
+            pytest.approx(0.03, rel=1e-3), pytest.approx(1.0, rel=1e-3)), end
+        ends.append(end[0])
+    assert ends[0] != pytest.approx(ends[1], rel=1e-2)
+
+
+def test_learnable_temperature_needs_the_number_of_features():
+    with pytest.raises(ValueError, match="num_features"):
+        MultiScaleContrastiveLoss(0.1, "all", learnable_temperature=True)
+    msc = MultiScaleContrastiveLoss(0.1, "all", learnable_temperature=True, num_features=5)
+    with pytest.raises(ValueError, match="built for 5 feature maps"):
+        msc(_stage_features()[:3], torch.tensor([0, 0, 1, 1, 2, 2]))
+    with pytest.raises(ValueError, match="strictly inside"):
+        MultiScaleContrastiveLoss(0.1, "all", learnable_temperature=True, temperature_range=(0.1, 1.0), num_features=5)
