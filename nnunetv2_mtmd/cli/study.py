@@ -26,17 +26,34 @@ order and evaluates + reports after every finished fold. 'measure' times a few i
 trainer (after prepare) and prints the expected hours of the budget. 'status' prints every model's
 state and the remaining training time (read-only; works while the study runs; pass --jobs as used).
 
+Run order: the main schemes (all but --later) fold by fold, Individual first and the others in the
+order of --schemes; then the --later schemes ("if time allows") fold by fold. A fold is evaluated
+once its main models are done; a later scheme joins the evaluation when it has finished every
+evaluated fold. Every training records a fingerprint of the model code it runs (state.json,
+--stage status, the report).
+
 Budget options default to the values recorded in DIR/state.json (first run: the documented default
 budget); a run with different values than the recorded ones is refused. See docs/study.md.
 
 Long runs: setsid nohup python -m nnunetv2_mtmd.cli.study --workdir DIR > DIR.out 2>&1 &"""
 
-SCHEME_HELP = "Individual (stock nnUNetTrainer on each source dataset), Shared, Shared_MJAP, DSL, DSL_SSC, " \
-              "DSL_MSC, DSL_MJAP, DSL_MSC_MJAP"
+def _scheme_help() -> str:
+    from nnunetv2_mtmd.schemes import INDIVIDUAL, SCHEMES
+
+    return ", ".join(f"{s.name} (stock nnUNetTrainer on each source dataset)" if s.name == INDIVIDUAL else s.name
+                     for s in SCHEMES)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nnunetv2_mtmd.apps.study import DEFAULT_FOLDS, DEFAULT_SCHEMES, MERGED_ID, MERGED_NAME, STAGES, StudyBudget
+    from nnunetv2_mtmd.apps.study import (
+        DEFAULT_FOLDS,
+        DEFAULT_LATER,
+        DEFAULT_SCHEMES,
+        MERGED_ID,
+        MERGED_NAME,
+        STAGES,
+        StudyBudget,
+    )
 
     b = StudyBudget()
     p = argparse.ArgumentParser(prog="nnUNetv2_mtmd_study", description=DESCRIPTION, formatter_class=HelpFormatter)
@@ -50,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="domain names, one per source dataset in sorted order (default: lumbar sij pelvis for the "
                         "real data, else derived from the dataset names)")
     p.add_argument("--schemes", nargs="+", default=None,
-                   help=f"schemes to train: {SCHEME_HELP} (default: recorded, else {' '.join(DEFAULT_SCHEMES)})")
+                   help=f"schemes to train, in this order: {_scheme_help()} (default: recorded, else "
+                        f"{' '.join(DEFAULT_SCHEMES)})")
+    p.add_argument("--later", nargs="*", default=None, metavar="SCHEME",
+                   help="schemes of --schemes trained 'if time allows': after every fold of the others; "
+                        "--later alone: none (default: recorded, else " + " ".join(DEFAULT_LATER) + ")")
     p.add_argument("--folds", nargs="+", type=int, default=None,
                    help=f"folds of the 5-fold split (default: recorded, else {' '.join(map(str, DEFAULT_FOLDS))})")
     g = p.add_argument_group("budget (identical for every scheme; defaults: recorded values, else these)")
@@ -119,7 +140,8 @@ def _main(argv: Sequence[str] | None) -> int:
                              "(e.g. ~/mtmd_study).")
     budget = {key: getattr(args, a) for a, key in _BUDGET_ARGS.items() if getattr(args, a) is not None}
     opts = StudyOptions(workdir=workdir, sources_dir=args.sources, domains=args.domains, schemes=args.schemes,
-                        folds=args.folds, budget=budget, merged_id=args.merged_id, merged_name=args.merged_name,
+                        later=args.later, folds=args.folds, budget=budget, merged_id=args.merged_id,
+                        merged_name=args.merged_name,
                         num_processes=args.num_processes, n_proc_da=args.n_proc_da, jobs=args.jobs, report=args.report,
                         dry_run=args.dry_run, measure_iterations=args.measure_iterations,
                         verify=not args.skip_verify)

@@ -15,7 +15,10 @@ One resumable pipeline with its own nnU-Net folders under a work directory (neve
    Splits: a domain-stratified 5-fold split of the merged set (:func:`domain_stratified_kfold`),
    and for every source dataset the SAME held-out cases (:func:`individual_splits`).
 2. **train**: for every fold and scheme ``nnUNetv2_train ... -device cpu`` in a subprocess with the
-   budget trainers of :mod:`nnunetv2_mtmd.training.trainers.study`; resumable (``--c`` from a
+   budget trainers of :mod:`nnunetv2_mtmd.training.trainers.study`, in the run order
+   (:meth:`StudyContext.train_order`: the main schemes fold by fold, Individual first, then the
+   ``--later`` schemes fold by fold), each start recording a model-code fingerprint
+   (:mod:`~nnunetv2_mtmd.apps.study.fingerprint`); resumable (``--c`` from a
    checkpoint, ``--val`` when only the final validation is missing, skipped when done). The trainers
    read the budget from the plans (:mod:`~nnunetv2_mtmd.apps.study.plans`; plans of work folders
    prepared before they carried it get it first), so every results folder's plans.json records it.
@@ -24,7 +27,9 @@ One resumable pipeline with its own nnU-Net folders under a work directory (neve
    equally often and the multi-domain model costs as much as the K Individual models together
    (:class:`StudyBudget`).
 3. **evaluate**: nnU-Net's final validation of each fold (``fold_X/validation``) holds the held-out
-   predictions; they are gathered per scheme over the finished folds into the unified label space
+   predictions; they are gathered per scheme over the finished folds (:meth:`StudyContext.evaluation_plan`:
+   the folds the main schemes have finished, with every later scheme that has finished them too) into
+   the unified label space
    (Individual predictions remapped with the domain block's label mapping and prefixed with the
    domain, :func:`unify_individual_prediction`), post-processed (``nnUNetv2_mtmd_postprocess``),
    evaluated with and without post-processing (``nnUNetv2_mtmd_evaluate``), compared
@@ -43,6 +48,7 @@ Modules: :mod:`~nnunetv2_mtmd.apps.study.constants`, :mod:`~nnunetv2_mtmd.apps.s
 (budget and coarse plans), :mod:`~nnunetv2_mtmd.apps.study.plans` (the plans files and the budget in
 them), :mod:`~nnunetv2_mtmd.apps.study.data` (sources, splits, label remapping),
 :mod:`~nnunetv2_mtmd.apps.study.state` (``state.json``, hardware, commit),
+:mod:`~nnunetv2_mtmd.apps.study.fingerprint` (the model code each training ran),
 :mod:`~nnunetv2_mtmd.apps.study.progress` (training status and timings from nnU-Net's files),
 :mod:`~nnunetv2_mtmd.apps.study.runner` (commands, library steps, lock, log),
 :mod:`~nnunetv2_mtmd.apps.study.context` (:class:`StudyContext`, what every stage shares), the stages
@@ -65,6 +71,7 @@ from nnunetv2_mtmd.apps.study.constants import (  # noqa: F401
     BUDGET_ENV,
     CONFIGURATION,
     DEFAULT_FOLDS,
+    DEFAULT_LATER,
     DEFAULT_SCHEMES,
     EVAL_VARIANTS,
     INDIVIDUAL,
@@ -79,6 +86,7 @@ from nnunetv2_mtmd.apps.study.constants import (  # noqa: F401
     PLANS_NAME,
     REAL_DOMAIN_NAMES,
     REALDATA_DIR,
+    REPLICATES,
     REPORT_METRICS,
     SCHEME_LABELS,
     SCHEME_TRAINERS,
@@ -110,6 +118,21 @@ from nnunetv2_mtmd.apps.study.discussion import (  # noqa: F401
     mark_stale_discussion,
     unsourced_numbers,
 )
+from nnunetv2_mtmd.apps.study.fingerprint import (  # noqa: F401
+    FINGERPRINT_PACKAGES,
+    MIXED,
+    code_mix_note,
+    fingerprint_cell,
+    fingerprint_id,
+    model_code_files,
+    model_code_sha256,
+    model_fingerprint,
+    model_key,
+    take_fingerprint,
+    this_code_fingerprint,
+    training_code,
+    unit_fingerprints,
+)
 from nnunetv2_mtmd.apps.study.pipeline import Study  # noqa: F401
 from nnunetv2_mtmd.apps.study.plans import plans_file, record_budget, write_measure_plans, write_study_plans  # noqa: F401
 from nnunetv2_mtmd.apps.study.progress import (  # noqa: F401
@@ -117,14 +140,18 @@ from nnunetv2_mtmd.apps.study.progress import (  # noqa: F401
     _EPOCH_START,
     _EPOCH_TIME,
     _MEASURE_LINE,
+    AUTOENCODER_FILE,
     _estimate_seconds_per_iteration,
     autoencoder_dice,
+    autoencoder_summary,
     epoch_times,
     epochs_completed,
     fold_finish_seconds,
     fold_folder,
     format_progress,
+    gradient_norm_ratios,
     measured_step_times,
+    median_ratios,
     train_command,
     training_hours,
     training_status,

@@ -36,7 +36,15 @@ WORKDIR_ENV = "MTMD_STUDY_DIR"
 #: scheme -> study trainer class and scheme -> label, from the one registry (nnunetv2_mtmd/schemes.py).
 SCHEME_TRAINERS: dict[str, str] = {s.name: s.study_trainer for s in SCHEMES}
 SCHEME_LABELS: dict[str, str] = {s.name: s.label for s in SCHEMES}
-DEFAULT_SCHEMES = ("Individual", "Shared", "DSL", "DSL_MSC", "DSL_MJAP", "DSL_MSC_MJAP")
+#: The schemes of a new study, in training order (docs/study.md, "Run order"): Individual first (the
+#: reference of every comparison), the DSL schemes, the DSL replicate, then the schemes of
+#: :data:`DEFAULT_LATER`.
+DEFAULT_SCHEMES = ("Individual", "DSL", "DSL_MJAP", "DSL_MSC_MJAP", "DSL_MSC", "DSL_seed2", "Shared", "Shared_MJAP")
+#: The schemes of a new study trained "if time allows" (``--later``): every fold of every other scheme
+#: is trained before the first fold of these.
+DEFAULT_LATER = ("Shared", "Shared_MJAP")
+#: Replicate scheme -> the scheme it trains again with another seed (its spread is the retraining noise).
+REPLICATES = {"DSL_seed2": "DSL"}
 STAGES = ("all", "prepare", "train", "evaluate", "report", "measure", "status")
 #: Metrics of the report tables (keys of evaluate's summary.json) and their headings.
 # sensitivity next to the Dice tells under- from over-segmentation (Dice = 2PS / (P + S), P precision)

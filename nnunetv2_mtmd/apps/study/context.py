@@ -14,6 +14,7 @@ from nnunetv2_mtmd.apps.study.budget import StudyBudget
 from nnunetv2_mtmd.apps.study.constants import (
     BUDGET_ENV,
     DEFAULT_FOLDS,
+    DEFAULT_LATER,
     DEFAULT_SCHEMES,
     INDIVIDUAL,
     MEASURE_ENV,
@@ -47,6 +48,8 @@ class StudyOptions:
     sources_dir: Path | None = None
     domains: Sequence[str] | None = None
     schemes: Sequence[str] | None = None
+    #: schemes trained after every fold of the others ("if time allows"; None: recorded, else DEFAULT_LATER)
+    later: Sequence[str] | None = None
     folds: Sequence[int] | None = None
     budget: dict[str, Any] | None = None  # explicitly given budget values only
     merged_id: int = MERGED_ID
@@ -90,6 +93,7 @@ class StudyContext:
         self.k = len(self.sources)
         self.budget.validate(self.k)
         self.schemes = self._requested_schemes()
+        self.later = self._later_schemes()
         self.folds = self._requested_folds()
         self.merged = f"Dataset{opts.merged_id:03d}_{opts.merged_name}"
         clash = [s.name for s in self.sources if s.dataset_id == opts.merged_id]
@@ -108,6 +112,22 @@ class StudyContext:
         if bad:
             raise InputDataError(f"Unknown scheme(s) {bad}; choose from {', '.join(SCHEME_TRAINERS)}.")
         return list(dict.fromkeys(requested))
+
+    def _later_schemes(self) -> list[str]:
+        """``--later``, else the recorded list, else :data:`DEFAULT_LATER` (a new study)."""
+        given = self.opts.later
+        later = list(dict.fromkeys(given if given is not None else self.state.data.get("later", DEFAULT_LATER)))
+        bad = [s for s in later if s not in SCHEME_TRAINERS]
+        if bad:
+            raise InputDataError(f"Unknown scheme(s) {bad} in --later; choose from {', '.join(SCHEME_TRAINERS)}.")
+        if INDIVIDUAL in later:
+            raise InputDataError("--later names Individual, the reference of every comparison: it is always "
+                                 "trained first. Remove it from --later.")
+        missing = [s for s in later if s not in self.schemes] if given is not None else []
+        if missing:  # a policy for when they are trained; but probably meant to be trained now
+            logger.warning("--later names %s, which are not among the schemes to train (%s): they are not trained "
+                           "now (add them to --schemes to train them)", missing, " ".join(self.schemes))
+        return later
 
     def _requested_folds(self) -> list[int]:
         given = self.opts.folds if self.opts.folds is not None else self.state.data.get("folds") or DEFAULT_FOLDS
@@ -141,11 +161,12 @@ class StudyContext:
         self.state.set_config(self.config)
         self.state.data["schemes"] = list(dict.fromkeys([*self.state.data.get("schemes", []), *self.schemes]))
         self.state.data["folds"] = sorted(set(self.state.data.get("folds", [])) | set(self.folds))
+        self.state.data["later"] = list(self.later)
         self.state.data["report"] = str(self.report_path)
         self.state.save()
-        logger.info("=== study stage '%s' in %s: schemes %s, folds %s, budget %s; code of commit %s loaded from %s",
-                    stage, self.dir, " ".join(self.schemes), self.folds, self.budget.to_json(),
-                    code_commit() or "unknown", COMMIT_FILE.parent)
+        logger.info("=== study stage '%s' in %s: schemes %s (later: %s), folds %s, budget %s; code of commit %s "
+                    "loaded from %s", stage, self.dir, " ".join(self.schemes), " ".join(self.later) or "none",
+                    self.folds, self.budget.to_json(), code_commit() or "unknown", COMMIT_FILE.parent)
 
     def env(self, train: bool = False) -> dict[str, str]:
         """The environment of the study's commands: nnU-Net's folders inside the work folder, no
@@ -193,9 +214,9 @@ class StudyContext:
 
     # ------------------------------------------------------------------------------ models
     def runs(self, fold: int, schemes: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
-        """``(scheme, dataset, trainer)`` of every model of one fold."""
+        """``(scheme, dataset, trainer)`` of every model of one fold (of ``schemes``; None: this run's)."""
         out = []
-        for s in schemes or self.schemes:
+        for s in self.schemes if schemes is None else schemes:
             datasets = [src.name for src in self.sources] if s == INDIVIDUAL else [self.merged]
             out += [(s, d, SCHEME_TRAINERS[s]) for d in datasets]
         return out
@@ -220,13 +241,46 @@ class StudyContext:
         return [s for s in SCHEME_TRAINERS if s in got]
 
     @property
+    def all_schemes(self) -> list[str]:
+        """The schemes of :attr:`eval_schemes` in the order they were requested (state.json, then this
+        run's): the order of the training queue."""
+        return list(dict.fromkeys([*self.state.data.get("schemes", []), *self.schemes]))
+
+    @property
     def eval_folds(self) -> list[int]:
         return sorted({*self.state.data.get("folds", []), *self.folds})
 
+    def train_order(self, folds: Sequence[int] | None = None,
+                    schemes: Sequence[str] | None = None) -> list[tuple[int, str, str, str]]:
+        """``(fold, scheme, dataset, trainer)`` of every model of ``folds`` x ``schemes`` (default: this
+        run's), in the order the study trains them (docs/study.md, "Run order"): the main schemes
+        (all but :attr:`later`) fold by fold, Individual first and the others in the given order; then
+        the later schemes, fold by fold."""
+        schemes = list(self.schemes if schemes is None else schemes)
+        schemes.sort(key=lambda s: s != INDIVIDUAL)  # stable: the given order otherwise
+        tiers = ([s for s in schemes if s not in self.later], [s for s in schemes if s in self.later])
+        folds = self.folds if folds is None else folds
+        return [(f, *run) for tier in tiers if tier for f in folds for run in self.runs(f, tier)]
+
+    def evaluation_plan(self) -> tuple[list[int], list[str]]:
+        """The folds and schemes the evaluation covers now (docs/study.md, "Run order").
+
+        Folds: those of :attr:`eval_folds` whose every model of the main schemes (every scheme of
+        :attr:`eval_schemes` not in :attr:`later`) is done. Schemes: the main ones, plus each later scheme
+        that has finished every one of those folds, so every evaluated scheme is scored on the same
+        cases; a later scheme joins (and the folds are evaluated again) when it finishes the last of
+        them. Nothing before the merged dataset's splits exist."""
+        if not (self.pre / self.merged / "splits_final.json").is_file():
+            return [], []
+        schemes = self.eval_schemes
+        main = [s for s in schemes if s not in self.later] or schemes
+        folds = [f for f in self.eval_folds if self.fold_complete(f, main)]
+        joined = {s for s in schemes if s not in main and folds and all(self.fold_complete(f, [s]) for f in folds)}
+        return folds, [s for s in schemes if s in main or s in joined]
+
     def complete_folds(self) -> list[int]:
-        """The folds of :attr:`eval_folds` whose every model of :attr:`eval_schemes` is done."""
-        return [f for f in self.eval_folds if (self.pre / self.merged / "splits_final.json").is_file()
-                and self.fold_complete(f, self.eval_schemes)]
+        """The folds the evaluation covers now (:meth:`evaluation_plan`)."""
+        return self.evaluation_plan()[0]
 
 
 def study_command(ctx: StudyContext) -> list[str]:
@@ -234,7 +288,8 @@ def study_command(ctx: StudyContext) -> list[str]:
     b = ctx.budget
     cmd = ["python", "-m", "nnunetv2_mtmd.cli.study", "--workdir", str(ctx.dir), "--sources",
            str(ctx.sources_dir), "--domains", *(s.domain for s in ctx.sources), "--folds",
-           *map(str, ctx.eval_folds), "--schemes", *ctx.eval_schemes]
+           *map(str, ctx.eval_folds), "--schemes", *ctx.all_schemes, "--later",
+           *(s for s in ctx.later if s in ctx.all_schemes)]
     cmd += ["--iterations", str(b.iterations), "--epochs", str(b.epochs), "--val-iterations", str(b.val_iterations),
             "--ae-iterations", str(b.ae_iterations), "--batch-size", str(b.batch_size), "--spacing",
             f"{b.spacing_mm:g}", "--patch-size", str(b.patch_size), "--max-features", str(b.max_features),

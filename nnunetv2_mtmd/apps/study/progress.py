@@ -1,15 +1,22 @@
-"""What nnU-Net's files say about a training: status, epochs, timings, `--stage status` estimates."""
+"""What nnU-Net's files say about a training: status, epochs, timings, `--stage status` estimates, and
+what the plugin's trainers log or write next to them (the MJAP autoencoder's reconstruction Dice, the
+gradient-norm ratios of the regularizers)."""
 
 from __future__ import annotations
 
+import logging
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nnunetv2_mtmd.apps.study.constants import CONFIGURATION, INDIVIDUAL, PLANS_NAME
+from nnunetv2_mtmd.io import load_json
+
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------- training state
@@ -72,7 +79,9 @@ def format_progress(rows: Sequence[Mapping[str, Any]], jobs: int = 1) -> str:
     """The ``--stage status`` table and the remaining-time estimate.
 
     Each row: ``fold, scheme, dataset, state, epochs_done, epochs, iterations_left, s_per_it`` (the
-    model's median seconds per iteration, None if it has not logged an epoch). A model without its
+    model's median seconds per iteration, None if it has not logged an epoch), optionally ``code``
+    (its model-code fingerprint) and ``later`` (a scheme trained "if time allows", after every fold of
+    the others: its models finish apart from the folds'), in the run order. A model without its
     own timing is estimated with the median of the measured models of its scheme (other folds), else
     with the slowest measured scheme it contains (DSL_MSC_MJAP costs at least what DSL_MSC and
     DSL_MJAP cost: it adds to each), else of its kind (Individual or multi-domain), else of all
@@ -84,8 +93,8 @@ def format_progress(rows: Sequence[Mapping[str, Any]], jobs: int = 1) -> str:
             measured[r["scheme"] == INDIVIDUAL].append(r["s_per_it"])
             by_scheme.setdefault(r["scheme"], []).append(r["s_per_it"])
     everything = measured[True] + measured[False]
-    lines = ["| fold | scheme | dataset | state | epochs | iterations left | s per iteration |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| fold | scheme | dataset | state | epochs | iterations left | s per iteration | model code |",
+             "|---|---|---|---|---|---|---|---|"]
     left_s, unknown, queue = 0.0, 0, []
     for r in rows:
         spi = r["s_per_it"]
@@ -96,10 +105,10 @@ def format_progress(rows: Sequence[Mapping[str, Any]], jobs: int = 1) -> str:
                 unknown += 1
             else:
                 left_s += r["iterations_left"] * est
-                queue.append((r["fold"], r["iterations_left"] * est))
+                queue.append(("later" if r.get("later") else r["fold"], r["iterations_left"] * est))
         spi_txt = f"{spi:.3f}" if spi is not None else (f"~{est:.3f} (estimate)" if est is not None else "n/a")
         lines.append(f"| {r['fold']} | {r['scheme']} | {r['dataset']} | {r['state']} | "
-                     f"{r['epochs_done']}/{r['epochs']} | {r['iterations_left']} | {spi_txt} |")
+                     f"{r['epochs_done']}/{r['epochs']} | {r['iterations_left']} | {spi_txt} | {r.get('code', '-')} |")
     done = sum(r["state"] == "done" for r in rows)
     lines.append("")
     lines.append(f"{done} of {len(rows)} models done.")
@@ -110,9 +119,10 @@ def format_progress(rows: Sequence[Mapping[str, Any]], jobs: int = 1) -> str:
             lines.append(f"Remaining training time: about {left_s / 3600 / max(1, jobs):.1f} h with --jobs {jobs} "
                          "(at the seconds per iteration measured so far; evaluation not included).")
             ends = fold_finish_seconds(queue, jobs)
+            later = ", ".join(dict.fromkeys(r["scheme"] for r in rows if r.get("later")))
             lines.append("Each fold trained (and then evaluated) in about: " + ", ".join(
-                f"fold {f} {t / 3600:.1f} h" for f, t in ends.items()) + " from now (models in study order, "
-                f"{max(1, jobs)} at a time).")
+                f"fold {f} {t / 3600:.1f} h" if f != "later" else f"the later schemes ({later}) {t / 3600:.1f} h"
+                for f, t in ends.items()) + f" from now (models in the run order, {max(1, jobs)} at a time).")
     return "\n".join(lines)
 
 
@@ -128,12 +138,13 @@ def _estimate_seconds_per_iteration(scheme: str, by_scheme: Mapping[str, Sequenc
     return float(np.median(fallback)) if fallback else None
 
 
-def fold_finish_seconds(queue: Sequence[tuple[int, float]], jobs: int) -> dict[int, float]:
+def fold_finish_seconds(queue: Sequence[tuple[Hashable, float]], jobs: int) -> dict[Hashable, float]:
     """When each fold's last model ends, in seconds from now: ``queue`` holds ``(fold, seconds left)``
-    of the unfinished models in study order (running ones first), each taken by the first of ``jobs``
-    workers to become free, as the study's thread pool does."""
+    of the unfinished models in the run order (running ones first; a group other than a fold, such as
+    ``"later"``, works the same), each taken by the first of ``jobs`` workers to become free, as the
+    study's thread pool does."""
     free = [0.0] * max(1, jobs)
-    out: dict[int, float] = {}
+    out: dict[Hashable, float] = {}
     for fold, secs in queue:
         i = free.index(min(free))
         free[i] += secs
@@ -158,6 +169,75 @@ def autoencoder_dice(fold_dir: Path) -> float | None:
     vals = [float(m.group(1)) for log in sorted(Path(fold_dir).glob("training_log_*.txt"))
             for m in _AE_FROZEN.finditer(log.read_text(errors="replace"))]
     return vals[-1] if vals else None
+
+
+#: Written by the MJAP autoencoder phase into the model's fold folder.
+AUTOENCODER_FILE = "label_autoencoder.json"
+
+
+def autoencoder_summary(fold_dir: Path) -> dict[str, Any] | None:
+    """What the report shows of a model's MJAP label autoencoder.
+
+    From ``fold_dir/label_autoencoder.json`` (``{"reconstruction_dice": {domain: {structure: value}},
+    "iterations", "seconds", "fingerprint", "variant", "cache"}``): that dict with ``"source": "file"``.
+    Without the file (models trained before the autoencoder phase wrote it): ``{"source": "log",
+    "overall": value}`` from :func:`autoencoder_dice`; None when neither exists. An unreadable file is
+    logged and treated as missing (the report must not stop the study)."""
+    path = Path(fold_dir) / AUTOENCODER_FILE
+    if path.is_file():
+        try:
+            data = load_json(path)
+            dice = {str(d): {str(s): math.nan if v is None else float(v) for s, v in per.items()}
+                    for d, per in data["reconstruction_dice"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            logger.warning("[report] %s is unreadable (%s: %s); using the training log's autoencoder line instead",
+                           path, type(e).__name__, e)
+        else:
+            return {**data, "reconstruction_dice": dice, "source": "file"}
+    overall = autoencoder_dice(fold_dir)
+    return None if overall is None else {"source": "log", "overall": overall}
+
+
+_GRAD_RATIOS = re.compile(r"Gradient-norm ratios on the shared parameters \(median of (\d+) sampled iterations\): "
+                          r"MSC/seg ([^\s,]+), MJAP/seg ([^\s,]+)")
+_EPOCH_LINE = re.compile(r"^\S+ \S+ Epoch (\d+)\s*$")
+
+
+def _ratio(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def gradient_norm_ratios(fold_dir: Path) -> list[dict[str, float]]:
+    """Per epoch, the ``Gradient-norm ratios on the shared parameters (median of N sampled iterations):
+    MSC/seg X, MJAP/seg Y`` line of the training logs in ``fold_dir`` (``nan`` for a term the scheme
+    lacks): ``{"epoch", "n", "msc", "mjap"}``. An epoch logged twice (repeated after an interruption)
+    counts once, with its last line; a line before any ``Epoch`` line gets the next free index."""
+    by_epoch: dict[int, dict[str, float]] = {}
+    epoch: int | None = None
+    for log in sorted(Path(fold_dir).glob("training_log_*.txt")):
+        for line in log.read_text(errors="replace").splitlines():
+            m = _EPOCH_LINE.match(line)
+            if m:
+                epoch = int(m.group(1))
+                continue
+            m = _GRAD_RATIOS.search(line)
+            if m:
+                e = epoch if epoch is not None else len(by_epoch)
+                by_epoch[e] = {"epoch": e, "n": int(m.group(1)), "msc": _ratio(m.group(2)), "mjap": _ratio(m.group(3))}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def median_ratios(per_epoch: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """``{"epochs": n, "msc": median, "mjap": median}`` over the epochs of :func:`gradient_norm_ratios`
+    (finite values only; ``nan`` for a term no epoch has)."""
+    out: dict[str, float] = {"epochs": len(per_epoch)}
+    for term in ("msc", "mjap"):
+        vals = [r[term] for r in per_epoch if math.isfinite(r[term])]
+        out[term] = float(np.median(vals)) if vals else math.nan
+    return out
 
 
 def training_hours(epoch_times_per_model: Sequence[Sequence[float]], epochs: int) -> float | None:

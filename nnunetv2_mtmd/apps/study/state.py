@@ -71,6 +71,14 @@ class StudyState:
             self.data["seconds"][key] = self.data["seconds"].get(key, 0.0) + float(seconds)
             self.save()
 
+    def add_fingerprint(self, key: str, take: Mapping[str, Any], restart: bool = False) -> None:
+        """Append one model-code fingerprint take (:mod:`~nnunetv2_mtmd.apps.study.fingerprint`) to the
+        model ``key``; ``restart``: the model trains from scratch, so its earlier takes are dropped."""
+        with self._lock:
+            fps = self.data.setdefault("fingerprints", {})
+            fps[key] = ([] if restart else list(fps.get(key, []))) + [dict(take)]
+            self.save()
+
     def add_command(self, command: str) -> None:
         with self._lock:
             if command not in self.data["commands"]:

@@ -45,3 +45,22 @@ def test_cli_missing_real_data_is_a_clear_error(tmp_path):
     proc = study_cli(["--workdir", str(tmp_path / "w"), "--sources", str(tmp_path / "realdata"), "--dry-run"])
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "--sources" in proc.stderr
+
+
+def test_cli_dry_run_trains_in_the_run_order(tmp_path):
+    """--later: the later schemes' models come after every fold of the others; Individual first."""
+    src = make_sources(tmp_path, n_cases=1)
+    proc = study_cli(["--workdir", str(tmp_path / "w"), "--sources", str(src), "--folds", "0", "1", "--schemes",
+                      "Shared", "DSL", "Individual", "--later", "Shared", "--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    trains = [ln.split()[1:6:2] for ln in proc.stdout.splitlines()
+              if ln.startswith("nnUNetv2_train ")]
+    assert trains == [[d, "0", tr] for d, tr in (("Dataset901_Ankle", "nnUNetTrainer_study"),
+                                                  ("Dataset902_Knee", "nnUNetTrainer_study"),
+                                                  ("Dataset903_Shoulder", "nnUNetTrainer_study"),
+                                                  ("Dataset950_MSKBonesMR", "nnUNetTrainerMTMD_DSL_study"))] + [
+        [d, "1", tr] for d, tr in (("Dataset901_Ankle", "nnUNetTrainer_study"),
+                                   ("Dataset902_Knee", "nnUNetTrainer_study"),
+                                   ("Dataset903_Shoulder", "nnUNetTrainer_study"),
+                                   ("Dataset950_MSKBonesMR", "nnUNetTrainerMTMD_DSL_study"))] + [
+        ["Dataset950_MSKBonesMR", f, "nnUNetTrainerMTMD_Shared_study"] for f in ("0", "1")]

@@ -40,7 +40,7 @@ def test_study_takes_recorded_options_and_refuses_a_different_budget(tmp_path):
     assert (again.budget.iterations, again.budget.epochs, again.budget.batch_size) == (4, 2, 12)
     assert study_command(again.ctx)[3:] == [
         "--workdir", str(work.resolve()), "--sources", str(src.resolve()), "--domains", "Ankle", "Knee", "Shoulder",
-        "--folds", "1", "--schemes", "Individual", "DSL", "--iterations", "4", "--epochs", "2",
+        "--folds", "1", "--schemes", "Individual", "DSL", "--later", "--iterations", "4", "--epochs", "2",
         "--val-iterations", "2", "--ae-iterations", "300", "--batch-size", "12", "--spacing", "4",
         "--patch-size", "64", "--max-features", "256", "--base-features", "16", "--fixed-orientation",
         "--report", str((tmp_path / "docs" / "results.md").resolve())]
@@ -99,7 +99,9 @@ class _FakeTrainings:
         self.slow_waits, self.evaluated = slow_waits_for_evaluation, threading.Event()
         study.training.pending = lambda: [r for r in runs if tuple(r[:2]) not in self.done]
         study.training.train_one = self.train_one
-        study.ctx.fold_complete = lambda fold: all((f, s) in self.done for f, s, *_ in runs if f == fold)
+        folds = sorted({r[0] for r in runs})
+        study.ctx.evaluation_plan = lambda: (
+            [fold for fold in folds if all((f, s) in self.done for f, s, *_ in runs if f == fold)], ["a"])
         study.evaluate = self.evaluate
         study.report = lambda: self.events.append(("report",))
 
@@ -282,3 +284,106 @@ def test_runner_records_library_steps_and_names_the_step_of_a_failure(tmp_path, 
     dry.note("a Python step")
     assert capsys.readouterr().out == "nnUNetv2_mtmd_compare x\n# a Python step\n"
     assert not (tmp_path / "dry").exists()
+
+
+class _FakeQueue:
+    """The real train stage (run order, pending models, evaluation plan) over fake ``nnUNetv2_train``
+    runs: a model is done once its fake training ran; records the order and each evaluation's plan."""
+
+    def __init__(self, study, done=()):
+        ctx = study.ctx
+        self.done, self.order, self.evaluations = set(done), [], []
+        ctx.run_status = lambda dataset, trainer, fold: "done" if (fold, trainer, dataset) in self.done else "new"
+        study.training.train_one = self.train_one
+        study.evaluate = lambda: self.evaluations.append((len(self.order), ctx.evaluation_plan()))
+        study.report = lambda: None
+        (ctx.pre / ctx.merged).mkdir(parents=True)
+        save_json([], ctx.pre / ctx.merged / "splits_final.json")  # the plan needs the merged split
+
+    def train_one(self, fold, scheme, dataset, trainer, status):
+        assert status == "new"
+        self.order.append((fold, scheme, dataset))
+        self.done.add((fold, trainer, dataset))
+
+
+def _models(study, folds, schemes):
+    return [(f, s, d) for f in folds for s in schemes for _, d, _ in study.ctx.runs(f, [s])]
+
+
+def test_default_run_order_main_schemes_and_replicate_first_then_the_later_ones(tmp_path):
+    """A new study: every fold of Individual, DSL, DSL+MJAP, DSL+MSC+MJAP, DSL+MSC and the DSL replicate
+    before any fold of Shared and Shared+MJAP; each fold evaluated when its main models are done, and
+    again when a later scheme has finished every evaluated fold."""
+    from nnunetv2_mtmd.apps.study import DEFAULT_LATER, DEFAULT_SCHEMES, Study, StudyOptions
+
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=make_sources(tmp_path, n_cases=1)))
+    main = ["Individual", "DSL", "DSL_MJAP", "DSL_MSC_MJAP", "DSL_MSC", "DSL_seed2"]
+    assert list(DEFAULT_SCHEMES) == [*main, *DEFAULT_LATER] and list(DEFAULT_LATER) == ["Shared", "Shared_MJAP"]
+    assert study.ctx.later == ["Shared", "Shared_MJAP"] and study.folds == [0, 1, 2]
+    fake = _FakeQueue(study)
+    study.train(evaluate_as_we_go=True)
+    expected = _models(study, [0, 1, 2], main) + _models(study, [0, 1, 2], ["Shared", "Shared_MJAP"])
+    assert fake.order == expected
+    assert fake.order[:4] == [(0, "Individual", "Dataset901_Ankle"), (0, "Individual", "Dataset902_Knee"),
+                              (0, "Individual", "Dataset903_Shoulder"), (0, "DSL", study.merged)]
+    table_main = ["Individual", "DSL", "DSL_MSC", "DSL_MJAP", "DSL_MSC_MJAP", "DSL_seed2"]  # registry order
+    with_shared = ["Individual", "Shared", *table_main[1:]]
+    # 8 models per fold (3 Individual + 5); the later tier: fold 0 Shared, Shared+MJAP, fold 1 ..., fold 2 Shared
+    assert fake.evaluations == [(8, ([0], table_main)), (16, ([0, 1], table_main)), (24, ([0, 1, 2], table_main)),
+                                (29, ([0, 1, 2], with_shared)),
+                                (30, ([0, 1, 2], ["Individual", "Shared", "Shared_MJAP", *table_main[1:]]))]
+
+
+def test_run_order_follows_schemes_with_individual_first_and_later_last(tmp_path):
+    from nnunetv2_mtmd.apps.study import Study, StudyOptions
+
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=make_sources(tmp_path, n_cases=1), folds=[0, 1],
+                               schemes=["DSL_MSC", "Shared", "Individual", "DSL"], later=["Shared"]))
+    fake = _FakeQueue(study, done={(1, "nnUNetTrainerMTMD_DSL_study", study.merged)})
+    study.train(evaluate_as_we_go=True)
+    assert fake.order == (_models(study, [0], ["Individual", "DSL_MSC", "DSL"])
+                          + _models(study, [1], ["Individual", "DSL_MSC"]) + _models(study, [0, 1], ["Shared"]))
+    assert [e[1][0] for e in fake.evaluations] == [[0], [0, 1], [0, 1]]
+    assert fake.evaluations[-1][1][1] == ["Individual", "Shared", "DSL", "DSL_MSC"]
+    # --stage status lists the models in the same order (the remaining-time estimate assumes it)
+    rows = study.status.rows()
+    assert [(r["fold"], r["scheme"]) for r in rows] == [(f, s) for f, s, _ in _models(study, [0], [
+        "Individual", "DSL_MSC", "DSL"]) + _models(study, [1], ["Individual", "DSL_MSC", "DSL"])] + [
+        (0, "Shared"), (1, "Shared")]
+    assert [r["later"] for r in rows].count(True) == 2
+
+
+def test_a_fold_finished_before_the_run_is_evaluated_first(tmp_path):
+    from nnunetv2_mtmd.apps.study import SCHEME_TRAINERS, Study, StudyOptions
+
+    study = Study(StudyOptions(tmp_path / "w", sources_dir=make_sources(tmp_path, n_cases=1), folds=[0, 1],
+                               schemes=["Individual", "DSL", "Shared"]))
+    done = {(0, SCHEME_TRAINERS[s], d) for _, s, d in _models(study, [0], ["Individual", "DSL"])}
+    fake = _FakeQueue(study, done=done)
+    study.train(evaluate_as_we_go=True)
+    assert fake.evaluations[0] == (0, ([0], ["Individual", "DSL"]))  # before any training
+    assert fake.order[0] == (1, "Individual", "Dataset901_Ankle")  # fold 1's main models before fold 0's Shared
+    assert fake.evaluations[-1][1] == ([0, 1], ["Individual", "Shared", "DSL"])
+
+
+def test_later_schemes_are_recorded_and_checked(tmp_path, caplog):
+    from nnunetv2_mtmd.apps.study import Study, StudyOptions, study_command
+
+    src = make_sources(tmp_path, n_cases=1)
+    work = tmp_path / "w"
+    with pytest.raises(InputDataError, match="--later names Individual, the reference"):
+        Study(StudyOptions(work, sources_dir=src, later=["Individual"]))
+    with pytest.raises(InputDataError, match=r"Unknown scheme\(s\) \['Sharde'\] in --later"):
+        Study(StudyOptions(work, sources_dir=src, later=["Sharde"]))
+    Study(StudyOptions(work, sources_dir=src, folds=[0])).run("report")  # a new study: the default order
+    state = json.loads((work / "state.json").read_text())
+    assert state["later"] == ["Shared", "Shared_MJAP"] and state["schemes"][-2:] == ["Shared", "Shared_MJAP"]
+    again = Study(StudyOptions(work))
+    assert again.ctx.later == ["Shared", "Shared_MJAP"]
+    assert study_command(again.ctx)[study_command(again.ctx).index("--later"):][:3] == ["--later", "Shared",
+                                                                                        "Shared_MJAP"]
+    Study(StudyOptions(work, later=[])).run("report")  # --later alone: every scheme is a main scheme
+    assert json.loads((work / "state.json").read_text())["later"] == [] and Study(StudyOptions(work)).ctx.later == []
+    with caplog.at_level(logging.WARNING):
+        Study(StudyOptions(tmp_path / "w2", sources_dir=src, schemes=["Individual", "DSL"], later=["Shared"]))
+    assert "--later names ['Shared'], which are not among the schemes to train (Individual DSL)" in caplog.text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from nnunetv2_mtmd.apps.study import (
@@ -175,7 +177,7 @@ def test_format_progress_names_when_each_fold_is_trained():
     rows = [_row("Individual", "done", 0, 0.5), _row("Shared", "training (epoch 1)", 7200, 0.5),
             _row("DSL", "training (epoch 1)", 3600, 1.0), _row("DSL", "not started", 3600, 1.0, fold=1)]
     # 1 h and 1 h of fold 0 on two workers, then fold 1's 1 h: fold 0 after 1 h, fold 1 after 2 h
-    assert "fold 0 1.0 h, fold 1 2.0 h from now (models in study order, 2 at a time)" in format_progress(rows, 2)
+    assert "fold 0 1.0 h, fold 1 2.0 h from now (models in the run order, 2 at a time)" in format_progress(rows, 2)
 
 
 def test_format_progress_without_any_timing_says_unknown():
@@ -198,3 +200,68 @@ def test_status_stage_needs_a_study_and_reads_progress(tmp_path, capsys):
     assert out.count("| not started | 0/30 |") == 4  # 3 Individual models + DSL
     assert "| 0 | DSL | Dataset950_MSKBonesMR | not started | 0/30 | 9000 |" in out  # K x I = 3 x 3000
     assert "unknown (4 model(s)" in out
+    # a recorded fingerprint is shown next to its model
+    state = StudyState(tmp_path / "w" / "state.json")
+    state.add_fingerprint("train:fold0:DSL:Dataset950_MSKBonesMR", {"fingerprint": "a1b2c3d4e5f6", "status": "new"})
+    Study(StudyOptions(tmp_path / "w")).run("status")
+    out = capsys.readouterr().out
+    assert "| 0 | DSL | Dataset950_MSKBonesMR | not started | 0/30 | 9000 | n/a | a1b2c3d4e5f6 |" in out
+    assert "| 0 | Individual | Dataset901_Ankle | not started | 0/30 | 3000 | n/a | - |" in out
+
+
+_RATIOS = "2026-12-01 10:{m:02d}:00.000000: Gradient-norm ratios on the shared parameters (median of 8 sampled " \
+          "iterations): MSC/seg {msc}, MJAP/seg {mjap}\n"
+
+
+def _epoch(e, msc, mjap, m=0):
+    return f"2026-12-01 10:{m:02d}:00.000000: Epoch {e}\n" + _RATIOS.format(m=m, msc=msc, mjap=mjap)
+
+
+def test_gradient_norm_ratios_one_per_epoch_and_their_medians(tmp_path):
+    from nnunetv2_mtmd.apps.study import gradient_norm_ratios, median_ratios
+
+    assert gradient_norm_ratios(tmp_path) == [] and median_ratios([])["epochs"] == 0
+    (tmp_path / "training_log_2026_12_01_10_00_00.txt").write_text(
+        "header\n" + _epoch(0, "0.1000", "nan") + _epoch(1, "0.3000", "nan") + _epoch(2, "0.9000", "nan"))
+    # interrupted during epoch 2, resumed: epoch 2 logged again (its last line counts), then epoch 3
+    (tmp_path / "training_log_2026_12_01_11_00_00.txt").write_text(
+        _epoch(2, "0.2000", "nan", 5) + _epoch(3, "0.4000", "inf", 6) + "x: Epoch time: 5.0 s\n")
+    rows = gradient_norm_ratios(tmp_path)
+    assert [(r["epoch"], r["n"], r["msc"]) for r in rows] == [(0, 8, 0.1), (1, 8, 0.3), (2, 8, 0.2), (3, 8, 0.4)]
+    med = median_ratios(rows)
+    assert med["epochs"] == 4 and med["msc"] == pytest.approx(0.25)  # median of 0.1, 0.2, 0.3, 0.4
+    assert math.isnan(med["mjap"])  # the scheme has no MJAP term (inf is not finite either)
+
+
+def test_autoencoder_summary_from_the_file_else_the_log(tmp_path, caplog):
+    from nnunetv2_mtmd.apps.study import AUTOENCODER_FILE, autoencoder_summary
+    from nnunetv2_mtmd.io import save_json
+
+    assert autoencoder_summary(tmp_path) is None
+    (tmp_path / "training_log_2026_12_01_10_00_00.txt").write_text(
+        "x: MJAP autoencoder frozen; validation reconstruction Dice 0.2561\n")
+    assert autoencoder_summary(tmp_path) == {"source": "log", "overall": pytest.approx(0.2561)}
+    record = {"reconstruction_dice": {"knee": {"femur": 0.9, "tibia": None}, "hip": {"femur": 0.5}},
+              "iterations": 300, "seconds": 95.5, "fingerprint": "f00", "variant": "multi_domain", "cache": "c"}
+    save_json(record, tmp_path / AUTOENCODER_FILE)
+    got = autoencoder_summary(tmp_path)
+    assert got["source"] == "file" and got["iterations"] == 300 and got["variant"] == "multi_domain"
+    dice = got["reconstruction_dice"]
+    assert dice["knee"]["femur"] == 0.9 and math.isnan(dice["knee"]["tibia"])  # null: not defined
+    (tmp_path / AUTOENCODER_FILE).write_text('{"iterations": 3}')  # no reconstruction_dice: back to the log
+    with caplog.at_level("WARNING"):
+        assert autoencoder_summary(tmp_path)["source"] == "log"
+    assert "is unreadable (KeyError" in caplog.text
+
+
+def test_format_progress_shows_the_model_code_and_when_the_later_schemes_finish():
+    rows = [{**_row("DSL", "training (epoch 1)", 3600, 1.0), "code": "a1b2c3d4e5f6"},
+            {**_row("DSL", "not started", 3600, 1.0, fold=1), "code": "-"},
+            {**_row("Shared", "not started", 3600, 1.0), "later": True, "code": "mixed (a, b)"},
+            {**_row("Shared", "not started", 3600, 1.0, fold=1), "later": True}]
+    text = format_progress(rows, 1)
+    assert text.splitlines()[0].endswith("| s per iteration | model code |")
+    assert "| 0 | DSL | D | training (epoch 1) | 0/30 | 3600 | 1.000 | a1b2c3d4e5f6 |" in text
+    assert "| 0 | Shared | D | not started | 0/30 | 3600 | 1.000 | mixed (a, b) |" in text
+    # fold 0's main model after 1 h, fold 1's after 2 h, the later schemes' (both folds) after 4 h
+    assert "fold 0 1.0 h, fold 1 2.0 h, the later schemes (Shared) 4.0 h from now (models in the run order" in text

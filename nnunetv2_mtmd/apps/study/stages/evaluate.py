@@ -48,8 +48,9 @@ def union_folders(folders: Mapping[int, Path], out: Path) -> int:
 
 
 class EvaluateStage:
-    """Evaluates every scheme ever requested on the folds all of them have finished; the result is
-    recorded per set of folds and schemes, so an evaluation is not repeated."""
+    """Evaluates what :meth:`StudyContext.evaluation_plan` covers: the main schemes on the folds all of
+    them have finished, and every later scheme that has finished those folds too. The result is recorded
+    per set of folds and schemes, so an evaluation is not repeated."""
 
     def __init__(self, ctx: StudyContext):
         self.ctx = ctx
@@ -57,11 +58,13 @@ class EvaluateStage:
 
     def run(self) -> None:
         ctx = self.ctx
-        folds = ctx.complete_folds() if not ctx.dry else ctx.eval_folds
-        schemes = ctx.eval_schemes
+        folds, schemes = ctx.evaluation_plan() if not ctx.dry else (ctx.eval_folds, ctx.eval_schemes)
         if not folds:
-            logger.info("[evaluate] no fold has finished training for every scheme yet: nothing to evaluate.")
+            logger.info("[evaluate] no fold has finished training for every main scheme yet: nothing to evaluate.")
             return
+        waiting = [s for s in ctx.eval_schemes if s not in schemes]
+        if waiting:
+            logger.info("[evaluate] later scheme(s) %s join once they have finished folds %s", waiting, folds)
         # "parts": post-processing keeps as many components as a structure has parts (evaluations made
         # before, with one component per structure, are redone)
         key = f"evaluate:parts:folds{','.join(map(str, folds))}:{','.join(schemes)}"
@@ -76,7 +79,7 @@ class EvaluateStage:
         if len(schemes) > 1:  # Individual (if run) is first: the reference of the KS tests
             for variant in EVAL_VARIANTS:
                 self.compare(schemes, variant)
-        best = self.best_multi_domain_scheme() if not ctx.dry else next(
+        best = self.best_multi_domain_scheme(schemes) if not ctx.dry else next(
             (s for s in schemes if s != INDIVIDUAL), None)
         # every multi-domain scheme, so that the report can set the schemes side by side (the paper's
         # Table 5): how far apart the domains' embeddings are is what MSC changes, not the Dice
@@ -213,10 +216,11 @@ class EvaluateStage:
         atomic_save_json({"folds": list(folds), "structures": n, "cut": rows}, out)
         return out
 
-    def best_multi_domain_scheme(self) -> str | None:
-        """The multi-domain scheme with the highest mean over domains of the domain-mean Dice (raw)."""
+    def best_multi_domain_scheme(self, schemes: Sequence[str] | None = None) -> str | None:
+        """The multi-domain scheme of ``schemes`` (default: every evaluated one) with the highest mean over
+        domains of the domain-mean Dice (raw)."""
         best, best_val = None, -1.0
-        for s in self.ctx.eval_schemes:
+        for s in self.ctx.eval_schemes if schemes is None else schemes:
             if s == INDIVIDUAL:
                 continue
             summ = self.ev / s / "raw" / "summary.json"

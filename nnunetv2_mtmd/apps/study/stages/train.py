@@ -1,5 +1,7 @@
-"""``--stage train``: ``nnUNetv2_train`` of every pending model, resumable, ``--jobs`` at once, each fold
-handed on (evaluate + report) as soon as all its models are done."""
+"""``--stage train``: ``nnUNetv2_train`` of every pending model in the study's run order (the main schemes
+fold by fold, then the later ones), resumable, ``--jobs`` at once, the evaluation handed on (evaluate +
+report) whenever what it can cover grows (:meth:`StudyContext.evaluation_plan`); a model-code fingerprint
+recorded at every start of a training (:mod:`~nnunetv2_mtmd.apps.study.fingerprint`)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from nnunetv2_mtmd.apps.study.constants import StudyError
 from nnunetv2_mtmd.apps.study.context import StudyContext, job_threads
+from nnunetv2_mtmd.apps.study.fingerprint import MIXED, model_fingerprint, model_key, take_fingerprint
 from nnunetv2_mtmd.apps.study.plans import record_budget
 from nnunetv2_mtmd.apps.study.progress import train_command
+from nnunetv2_mtmd.apps.study.state import _now
 
 logger = logging.getLogger(__name__)
 
@@ -22,34 +26,45 @@ _STARTING = {"new": "starting", "resume": "continuing from a checkpoint (--c)",
 
 
 class TrainStage:
-    """Trains the models of the context's folds and schemes, in study order."""
+    """Trains the models of the context's folds and schemes, in the run order (:meth:`StudyContext.train_order`)."""
 
     def __init__(self, ctx: StudyContext):
         self.ctx = ctx
 
     def pending(self) -> list[Pending]:
-        """Every model still to train, in study order; models already done are marked done in the
+        """Every model still to train, in the run order; models already done are marked done in the
         state on the way."""
         ctx = self.ctx
         out = []
-        for fold in ctx.folds:
-            for scheme, dataset, trainer in ctx.runs(fold):
-                status = ctx.run_status(dataset, trainer, fold)
-                if status == "done":
-                    key = f"train:fold{fold}:{scheme}:{dataset}"
-                    if not ctx.dry and not ctx.state.is_done(key):
-                        ctx.state.mark_done(key)
-                    logger.info("[train] fold %d %s on %s: done (skipped)", fold, scheme, dataset)
-                    continue
-                out.append((fold, scheme, dataset, trainer, status))
+        for fold, scheme, dataset, trainer in ctx.train_order():
+            status = ctx.run_status(dataset, trainer, fold)
+            if status == "done":
+                key = model_key(fold, scheme, dataset)
+                if not ctx.dry and not ctx.state.is_done(key):
+                    ctx.state.mark_done(key)
+                logger.info("[train] fold %d %s on %s: done (skipped)", fold, scheme, dataset)
+                continue
+            out.append((fold, scheme, dataset, trainer, status))
         return out
+
+    def fingerprint(self, key: str, status: str) -> None:
+        """Record the model-code fingerprint of the training ``key`` about to run in state ``status``."""
+        ctx = self.ctx
+        take = take_fingerprint(ctx.env(train=True), status, _now())
+        ctx.state.add_fingerprint(key, take, restart=status == "new")
+        fp = model_fingerprint(ctx.state.data["fingerprints"][key])
+        logger.info("[train] %s: model code %s (sha256 %s of %s; %s)%s", key, take["fingerprint"],
+                    take["code_sha256"][:12], take["package"],
+                    ", ".join(f"{k} {v}" for k, v in take["versions"].items()),
+                    " -- differs from the code it was started with: the model is MIXED" if fp == MIXED else "")
 
     def train_one(self, fold: int, scheme: str, dataset: str, trainer: str, status: str) -> None:
         """One ``nnUNetv2_train`` (new, ``--c`` or ``--val``); its seconds go to the state."""
         ctx = self.ctx
-        key = f"train:fold{fold}:{scheme}:{dataset}"
+        key = model_key(fold, scheme, dataset)
         if not ctx.dry:
             logger.info("[train] fold %d %s on %s: %s", fold, scheme, dataset, _STARTING[status])
+            self.fingerprint(key, status)
         secs = ctx.runner.command(f"train fold {fold} {scheme} {dataset}",
                                   train_command(dataset, fold, trainer, status),
                                   f"train_fold{fold}_{scheme}_{dataset}", ctx.env(train=True))
@@ -62,23 +77,25 @@ class TrainStage:
         ctx.state.mark_done(key, seconds=ctx.state.data["seconds"][key])
 
     def run(self, on_fold_complete: Callable[[], None] | None = None) -> None:
-        """Train every pending model; with ``jobs > 1`` that many at once (in study order, each with
+        """Train every pending model; with ``jobs > 1`` that many at once (in the run order, each with
         ``cores // jobs`` torch threads). ``on_fold_complete`` (evaluate + report) is called whenever
-        one more fold has all its models done, a fold completed before this run included."""
+        the evaluation can cover more (:meth:`StudyContext.evaluation_plan`: one more fold has all its
+        main models done, or a later scheme has finished every evaluated fold), and first thing when
+        something was complete before this run."""
         ctx = self.ctx
         if not ctx.dry:
             # before any training reads them: plans written before they carried the budget get it now
             record_budget(ctx.pre, ctx.datasets, ctx.budget, ctx.runner.note)
         pending = self.pending()
-        handed_on: set[int] = set()
+        handed_on: list[tuple[list[int], list[str]]] = []
 
         def hand_on_complete_folds() -> None:
             if on_fold_complete is None or ctx.dry:
                 return
-            for fold in ctx.folds:
-                if fold not in handed_on and ctx.fold_complete(fold):
-                    handed_on.add(fold)
-                    on_fold_complete()
+            plan = ctx.evaluation_plan()
+            if plan[0] and plan not in handed_on:
+                handed_on.append(plan)
+                on_fold_complete()
 
         if ctx.opts.jobs <= 1 or ctx.dry:
             hand_on_complete_folds()  # a fold completed before this run (stopped during its evaluation)
