@@ -55,7 +55,8 @@ them), :mod:`~nnunetv2_mtmd.apps.study.data` (sources, splits, label remapping),
 in :mod:`~nnunetv2_mtmd.apps.study.stages` (prepare, train, evaluate, report, measure, status),
 :mod:`~nnunetv2_mtmd.apps.study.pipeline` (:class:`Study`, running the stages in order), and
 ``results.md`` in :mod:`~nnunetv2_mtmd.apps.study.report` (given a :class:`ReportData`; tables in
-:mod:`~nnunetv2_mtmd.apps.study.report_tables`, the kept discussion in
+:mod:`~nnunetv2_mtmd.apps.study.report_tables`, the models' code, loss weights, gradient-norm ratios
+and autoencoders in :mod:`~nnunetv2_mtmd.apps.study.report_models`, the kept discussion in
 :mod:`~nnunetv2_mtmd.apps.study.discussion`). Every name is importable from here.
 """
 
@@ -163,6 +164,16 @@ from nnunetv2_mtmd.apps.study.report import (  # noqa: F401
     components_text,
     publish_tsne,
     reference_cut_text,
+    replicate_text,
+)
+from nnunetv2_mtmd.apps.study.report_models import (  # noqa: F401
+    WEIGHT_ATTRIBUTES,
+    autoencoder_fold_table,
+    autoencoder_section,
+    code_section,
+    gradient_ratio_lines,
+    trainer_weights,
+    weights_table,
 )
 from nnunetv2_mtmd.apps.study.report_tables import (  # noqa: F401
     _pm,
@@ -176,6 +187,7 @@ from nnunetv2_mtmd.apps.study.report_tables import (  # noqa: F401
     other_domain_text,
     paired_references,
     paired_table,
+    replicate_table,
 )
 from nnunetv2_mtmd.apps.study.runner import StudyRunner, _bin, setup_study_logging, work_lock  # noqa: F401
 from nnunetv2_mtmd.apps.study.stages import (  # noqa: F401

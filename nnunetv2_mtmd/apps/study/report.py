@@ -9,7 +9,7 @@ import os
 import shlex
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,20 @@ from nnunetv2_mtmd.apps.study.constants import (
     N_SPLITS,
     PLANS_BUDGET_KEY,
     PLANS_NAME,
+    REPLICATES,
     REPORT_METRICS,
     SCHEME_LABELS,
     SPLIT_SEED,
 )
 from nnunetv2_mtmd.apps.study.discussion import DISCUSSION_HEADING, DISCUSSION_PLACEHOLDER
-from nnunetv2_mtmd.apps.study.progress import autoencoder_dice, epoch_times, fold_folder, training_hours
+from nnunetv2_mtmd.apps.study.fingerprint import code_mix_note
+from nnunetv2_mtmd.apps.study.progress import epoch_times, fold_folder, training_hours
+from nnunetv2_mtmd.apps.study.report_models import (
+    autoencoder_section,
+    code_section,
+    gradient_ratio_lines,
+    weights_table,
+)
 from nnunetv2_mtmd.apps.study.report_tables import (
     _read_similarity,
     domain_mean_dice,
@@ -39,6 +47,7 @@ from nnunetv2_mtmd.apps.study.report_tables import (
     other_domain_text,
     paired_references,
     paired_table,
+    replicate_table,
 )
 from nnunetv2_mtmd.apps.study.state import _now, hardware_info
 from nnunetv2_mtmd.domains import DomainSpec
@@ -71,6 +80,12 @@ class ReportData:
     #: the nnU-Net environment of every command, and nnUNet_n_proc_DA of the trainings
     environment: Mapping[str, str]
     n_proc_da: int
+    #: model key (``train:fold<f>:<scheme>:<dataset>``) -> its model-code fingerprint takes (state.json)
+    fingerprints: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
+    #: the schemes trained "if time allows" (after every fold of the others)
+    later: Sequence[str] = ()
+    #: scheme -> the requested folds it has finished (every model done)
+    done_folds: Mapping[str, Sequence[int]] = field(default_factory=dict)
 
     @property
     def pics_dir(self) -> Path:
@@ -97,10 +112,42 @@ def publish_tsne(embeddings_dir: Path, scheme: str, stages: Sequence[str], pics_
     return copied
 
 
+def _mix(data: ReportData, schemes: Sequence[str], folds: Sequence[int], what: str = "this table",
+         short: bool = False) -> list[str]:
+    """The lines saying that the compared models mix model-code fingerprints ([] when they do not)."""
+    note = code_mix_note(data.fingerprints, data.models, schemes, folds, what, short)
+    return [note, ""] if note else []
+
+
+def replicate_text(data: ReportData, scores: Mapping[str, Mapping[str, tuple[str, float]]],
+                   fold_cases: Mapping[int, Sequence[str]], domains: Sequence[str]) -> list[str]:
+    """``### Retraining noise``: every replicate (:data:`REPLICATES`) against the scheme it retrains, per
+    fold and pooled, and what that spread means for the comparisons with that scheme."""
+    L: list[str] = []
+    for rep, ref in REPLICATES.items():
+        if rep not in scores or ref not in scores:
+            continue
+        a, b = SCHEME_LABELS.get(ref, ref), SCHEME_LABELS.get(rep, rep)
+        table, spread = replicate_table(scores[ref], scores[rep], fold_cases, domains)
+        L += [f"### Retraining noise: {b} against {a}", "",
+              f"{b} is {a} trained again with a fixed seed, everything else the same (scheme, budget, data, "
+              f"split), so its difference to {a} is what retraining alone changes. Cells: mean ± std over the "
+              f"held-out cases of (case Dice of {b} − case Dice of {a}), per fold and all evaluated folds pooled; "
+              "in brackets the largest absolute difference of one case and the number of cases.", "",
+              table, "",
+              f"Retraining alone moved single cases by ± {spread['case_std']:.3f} (std of the per-case differences, "
+              f"all cases pooled; at most {spread['case_max']:.3f}) and the mean Dice of a domain in one fold by up "
+              f"to {spread['fold_mean']:.3f}. **A scheme that \"beats {a}\" (the paired comparison with {a} above) "
+              "by a difference within this spread has not shown an effect: such a difference is noise.**", "",
+              *_mix(data, [ref, rep], list(fold_cases))]
+    return L
+
+
 def case_level_text(data: ReportData, variant: str, schemes: Sequence[str], folds: Sequence[int],
                     pics_dir: Path) -> list[str]:
-    """The report's per-case sections of one evaluation variant: Dice per fold, the paired comparison
-    with the first scheme, and a PNG of every case's Dice per scheme."""
+    """The report's per-case sections of one evaluation variant: Dice per fold, the paired comparisons
+    with the first scheme and with DSL, the DSL replicate's spread, and a PNG of every case's Dice per
+    scheme; each with a note when its models mix model-code fingerprints."""
     from nnunetv2_mtmd.evaluation.paired import load_case_scores, paired_plot
 
     ev = data.workdir / "evaluation"
@@ -112,11 +159,17 @@ def case_level_text(data: ReportData, variant: str, schemes: Sequence[str], fold
          "Mean over the held-out cases of one fold (each case: mean Dice over its structures); the spread "
          "between folds is part of the uncertainty of every comparison.", "",
          fold_table(scores, fold_cases, domains), ""]
+    for f in folds:
+        L += _mix(data, schemes, [f], f"fold {f}")
     for ref, others in paired_references(schemes):
         what = ("" if ref == schemes[0] else
-                " (what the regularization adds to domain-specific layers: the ablation of the paper's Table 3)")
+                " (every other multi-domain scheme: what the regularization adds to domain-specific layers, the "
+                "ablation of the paper's Table 3, and what sharing the norm and head changes; a DSL replicate's row "
+                "is retraining noise)")
         L += [f"### Per-case paired comparison with {SCHEME_LABELS.get(ref, ref)}{what}", "",
-              paired_table({ref: scores[ref], **{s: scores[s] for s in others}}, domains), ""]
+              paired_table({ref: scores[ref], **{s: scores[s] for s in others}}, domains), "",
+              *_mix(data, [ref, *others], folds)]
+    L += replicate_text(data, scores, fold_cases, domains)
     if len(schemes) > 1:
         L += ["Every scheme predicts the same held-out cases, so they are compared case by case: ΔDice = mean ± "
               "std over the cases of (case Dice of the scheme − case Dice of the reference), case Dice = mean over "
@@ -176,8 +229,9 @@ def build_report(data: ReportData, evaluated: Mapping[str, Any]) -> str:
     folds = evaluated["folds"]
     schemes = [s for s in evaluated["schemes"] if (ev / s / "raw" / "summary.json").is_file()]
     summaries = {v: {s: load_json(ev / s / v / "summary.json") for s in schemes} for v in EVAL_VARIANTS}
-    L = [*_head_section(data, folds), *_data_section(data), *_budget_section(data, schemes, folds),
-         *_hardware_section(), *_baseline_section(data, schemes, summaries["raw"])]
+    L = [*_head_section(data, folds, schemes), *_data_section(data), *_budget_section(data, schemes, folds),
+         *_hardware_section(), *code_section(data.fingerprints, data.models, schemes, folds),
+         *_baseline_section(data, schemes, summaries["raw"])]
     for variant in EVAL_VARIANTS:
         L += _results_section(data, variant, schemes, folds, summaries[variant])
     L += [*_embeddings_section(data, evaluated, folds, summaries["raw"]), *_commands_section(data),
@@ -185,8 +239,18 @@ def build_report(data: ReportData, evaluated: Mapping[str, Any]) -> str:
     return "\n".join(L)
 
 
-def _head_section(data: ReportData, folds: Sequence[int]) -> list[str]:
+def _head_section(data: ReportData, folds: Sequence[int], schemes: Sequence[str]) -> list[str]:
     pending = [f for f in data.requested_folds if f not in folds]
+    waiting = [s for s in data.models if s not in schemes]
+    later = []
+    if waiting:
+        items = []
+        for s in waiting:
+            why = 'trained "if time allows", ' if s in data.later else ""
+            done = ", ".join(map(str, data.done_folds.get(s, []))) or "none"
+            items.append(f"{SCHEME_LABELS.get(s, s)} ({why}finished folds {done})")
+        later = ["Not in the tables yet: " + "; ".join(items) + ". A scheme joins the tables once it has finished "
+                 'every evaluated fold (docs/study.md, "Run order").', ""]
     return [
         "# Real-data ablation study: multi-task multi-domain schemes vs. stock nnU-Net", "",
         f"Generated by `nnUNetv2_mtmd_study` (nnunetv2_mtmd/apps/study/) on {_now()} from the files in "
@@ -194,7 +258,7 @@ def _head_section(data: ReportData, folds: Sequence[int]) -> list[str]:
         "state.json, nnU-Net's training logs); none was typed by hand.", "",
         f"**Folds evaluated: {', '.join(map(str, folds))}** of the {N_SPLITS}-fold domain-stratified split"
         + (f" (folds {', '.join(map(str, pending))} not finished yet: this report is partial)." if pending else "."),
-        "",
+        "", *later,
     ]
 
 
@@ -229,7 +293,9 @@ def _budget_section(data: ReportData, schemes: Sequence[str], folds: Sequence[in
           f"the {k} Individual models together); {b.val_iterations} (x K) pseudo-Dice batches per epoch; "
           f"MJAP autoencoder phase {b.ae_iterations} iterations; learning rate and everything else as nnU-Net's "
           "defaults.", ""]
-    return L + _timing_table(data, schemes, folds) + _autoencoder_lines(data, schemes, folds)
+    return [*L, *_timing_table(data, schemes, folds), *weights_table(schemes),
+            *gradient_ratio_lines(data.results, data.models, schemes, folds),
+            *autoencoder_section(data.results, data.models, data.spec, schemes, folds)]
 
 
 def _timing_table(data: ReportData, schemes: Sequence[str], folds: Sequence[int]) -> list[str]:
@@ -258,17 +324,6 @@ def _timing_table(data: ReportData, schemes: Sequence[str], folds: Sequence[int]
           "times overlap and each is longer than it would be alone. Seconds per iteration: nnU-Net's logged epoch "
           "time divided by the training iterations per epoch, median over the epochs.", ""]
     return L
-
-
-def _autoencoder_lines(data: ReportData, schemes: Sequence[str], folds: Sequence[int]) -> list[str]:
-    ae = [(s, f, autoencoder_dice(fold_folder(data.results, ds, tr, f)))
-          for s in schemes if "MJAP" in s for f in folds for ds, tr in data.models[s]]
-    if not ae:
-        return []
-    return [f"MJAP label autoencoder after its {data.budget.ae_iterations} iterations (then frozen), validation "
-            "reconstruction Dice (mean foreground Dice of the reconstructed labels against the input labels, from "
-            "nnU-Net's training log): " + "; ".join(
-                f"{SCHEME_LABELS[s]} fold {f} " + ("n/a" if v is None else f"{v:.3f}") for s, f, v in ae) + ".", ""]
 
 
 def _hardware_section() -> list[str]:
@@ -306,14 +361,16 @@ def _results_section(data: ReportData, variant: str, schemes: Sequence[str], fol
     L = [f"## Results {EVAL_VARIANTS[variant]}", "",
          "Mean ± std over the held-out cases of the evaluated folds (`nnUNetv2_mtmd_evaluate`; per-domain "
          "rows: over all case-structure pairs; \"k undef.\": a distance is undefined when one mask is empty). "
-         f"Files: `{ev / '<scheme>' / variant}`.", ""]
+         f"Files: `{ev / '<scheme>' / variant}`.", "",
+         *_mix(data, schemes, folds, "every table of this section (schemes side by side, folds pooled)")]
     if variant == "postprocessed":
         L += [components_text(ev, folds), ""]
         cut = reference_cut_text(ev / "reference_parts.json")
         if cut:
             L += [cut, ""]
     for metric, label in REPORT_METRICS.items():
-        L += [f"### {label}", "", metric_table(summaries, metric, data.spec), ""]
+        L += [f"### {label}", "", metric_table(summaries, metric, data.spec), "",
+              *_mix(data, schemes, folds, "this table", short=True)]
     L += [other_domain_text(summaries, data.spec), ""]
     cj = ev / f"compare_{variant}" / "compare.json"
     if cj.is_file():
@@ -321,7 +378,8 @@ def _results_section(data: ReportData, variant: str, schemes: Sequence[str], fol
               ks_table(load_json(cj), [dom.name for dom in data.spec.domains]), "",
               "Slice Dice of every slice where the reference or the prediction has a structure; P16/P84 = "
               "16th/84th percentiles; D and p: two-sample KS test (`nnUNetv2_mtmd_compare`, "
-              "scipy.stats.ks_2samp) against the reference scheme, per domain and pooled.", ""]
+              "scipy.stats.ks_2samp) against the reference scheme, per domain and pooled.", "",
+              *_mix(data, schemes, folds, "this table", short=True)]
     return L + case_level_text(data, variant, schemes, folds, data.pics_dir)
 
 
@@ -377,7 +435,9 @@ def _discussion_section() -> list[str]:
         f"> {DISCUSSION_PLACEHOLDER} The script does not draw conclusions (a discussion written here is kept "
         "when the report is regenerated). Points "
         "to address: did every Individual baseline learn (check above); which differences are larger than the "
-        "fold-to-fold and case-to-case spread; what the KS p-values say (and that with few cases and many slices "
+        "fold-to-fold and case-to-case spread, and which differences to DSL are larger than the DSL replicate's "
+        "(retraining noise); whether the compared models share their model code (\"Model code\"); "
+        "what the KS p-values say (and that with few cases and many slices "
         "per case, slices are not independent samples); the effect of post-processing; the limits of this budget "
         "(coarse spacing, short schedule, CPU) compared with the paper's.", "",
     ]

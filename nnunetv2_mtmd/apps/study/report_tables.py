@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from nnunetv2_mtmd.apps.study.constants import SCHEME_LABELS
+from nnunetv2_mtmd.apps.study.constants import INDIVIDUAL, SCHEME_LABELS
 from nnunetv2_mtmd.domains import DomainSpec
 
 
@@ -137,13 +137,52 @@ def fold_table(scores: Mapping[str, Mapping[str, tuple[str, float]]], folds: Map
 
 def paired_references(schemes: Sequence[str]) -> list[tuple[str, list[str]]]:
     """The paired comparisons of the report, ``(reference, schemes compared with it)``: every scheme
-    with the first (Individual when it ran); and, when DSL ran, its regularized variants (``DSL_*``)
-    with DSL, so that what MSC / SSC / MJAP add is tested on the same cases too."""
+    with the first (Individual when it ran); and, when DSL ran, every other multi-domain scheme with
+    DSL (what MSC / SSC / MJAP add, what sharing the norm and head changes, and the DSL replicate,
+    whose row is the retraining noise), tested on the same cases too."""
     out = [(schemes[0], list(schemes[1:]))] if len(schemes) > 1 else []
-    regularized = [s for s in schemes if s.startswith("DSL_")]
-    if "DSL" in schemes and schemes[0] != "DSL" and regularized:
-        out.append(("DSL", regularized))
+    multi_domain = [s for s in schemes if s not in (INDIVIDUAL, "DSL")]
+    if "DSL" in schemes and schemes[0] != "DSL" and multi_domain:
+        out.append(("DSL", multi_domain))
     return out
+
+
+def replicate_table(reference: Mapping[str, tuple[str, float]], replicate: Mapping[str, tuple[str, float]],
+                    fold_cases: Mapping[int, Sequence[str]], domains: Sequence[str]) -> tuple[str, dict[str, float]]:
+    """The replicate's spread: per fold (and all folds pooled) and domain (and pooled), the mean ± std of
+    the per-case Dice difference ``replicate - reference`` and the largest ``|difference|`` of a case.
+
+    Returns the markdown table and ``{"case_std": std of the differences of all cases, "fold_mean":
+    largest |mean difference| of a domain in one fold, "case_max": largest |difference| of a case}``
+    (NaN when nothing is paired)."""
+    from nnunetv2_mtmd.evaluation.paired import paired_stats
+
+    groups = [*domains, "pooled"]
+    head = ["Folds"] + [f"{g}: mean ΔDice ± std (largest abs. ΔDice, n)" for g in groups]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    spread = {"case_std": math.nan, "fold_mean": math.nan, "case_max": math.nan}
+    fold_means: list[float] = []
+    for name, cases in [*((f"fold {f}", c) for f, c in fold_cases.items()),
+                        ("all folds", [c for cs in fold_cases.values() for c in cs])]:
+        cells = [name]
+        for g in groups:
+            sel = [c for c in cases if c in reference and c in replicate and (g == "pooled" or reference[c][0] == g)]
+            a, b = [reference[c][1] for c in sel], [replicate[c][1] for c in sel]
+            r = paired_stats(a, b)
+            d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+            d = d[np.isfinite(d)]
+            if not r["n"]:
+                cells.append("n/a")
+                continue
+            cells.append(f"{r['mean_diff']:+.3f} ± {r['std_diff']:.3f} ({float(np.abs(d).max()):.3f}, {r['n']})")
+            if name != "all folds" and g != "pooled":
+                fold_means.append(abs(float(r["mean_diff"])))
+            if name == "all folds" and g == "pooled":
+                spread.update(case_std=float(r["std_diff"]), case_max=float(np.abs(d).max()))
+        lines.append("| " + " | ".join(cells) + " |")
+    if fold_means:
+        spread["fold_mean"] = max(fold_means)
+    return "\n".join(lines), spread
 
 
 def _read_similarity(path: Path) -> list[dict[str, str]]:

@@ -29,8 +29,11 @@ from tests.apps.study.helpers import small_spec
 @pytest.mark.parametrize("schemes, expected", [
     (["Individual"], []),
     (["Individual", "DSL"], [("Individual", ["DSL"])]),
+    # every other multi-domain scheme against DSL: the regularized ones, the shared ones and the replicate
     (["Individual", "Shared", "DSL", "DSL_MSC", "DSL_MJAP"],
-     [("Individual", ["Shared", "DSL", "DSL_MSC", "DSL_MJAP"]), ("DSL", ["DSL_MSC", "DSL_MJAP"])]),
+     [("Individual", ["Shared", "DSL", "DSL_MSC", "DSL_MJAP"]), ("DSL", ["Shared", "DSL_MSC", "DSL_MJAP"])]),
+    (["Individual", "Shared", "Shared_MJAP", "DSL", "DSL_seed2"],
+     [("Individual", ["Shared", "Shared_MJAP", "DSL", "DSL_seed2"]), ("DSL", ["Shared", "Shared_MJAP", "DSL_seed2"])]),
     (["DSL", "DSL_MSC"], [("DSL", ["DSL_MSC"])]),  # DSL is already the reference
     (["Individual", "DSL_MSC"], [("Individual", ["DSL_MSC"])]),  # no DSL to compare with
 ])
@@ -38,7 +41,7 @@ def test_paired_references(schemes, expected):
     assert paired_references(schemes) == expected
 
 
-def test_case_level_text_compares_the_regularized_schemes_with_dsl_too(tmp_path):
+def test_case_level_text_compares_every_multi_domain_scheme_with_dsl_too(tmp_path):
     from nnunetv2_mtmd.apps.study import case_level_text
 
     cases = {"knee_a": "knee", "knee_b": "knee", "knee_c": "knee", "hip_a": "hip", "hip_b": "hip", "hip_c": "hip"}
@@ -51,15 +54,20 @@ def test_case_level_text_compares_the_regularized_schemes_with_dsl_too(tmp_path)
         (d / "metrics.csv").write_text("case,domain,structure,dice\n" + "".join(
             f"{c},{dom},femur,{base[c] + off:.4f}\n" for c, dom in cases.items()))
     data = SimpleNamespace(workdir=tmp_path / "w", spec=small_spec(), report_path=tmp_path / "docs" / "r.md",
-                           splits=[{"val": list(cases)}])
+                           splits=[{"val": list(cases)}], fingerprints={}, models={})
     text = "\n".join(case_level_text(data, "raw", list(offsets), [0], tmp_path / "docs" / "results"))
-    first, _, second = text.partition("### Per-case paired comparison with DSL (what the regularization adds")
+    first, _, second = text.partition("### Per-case paired comparison with DSL (every other multi-domain scheme")
     assert "### Per-case paired comparison with Individual" in first and second
     # all 6 cases higher by the same amount: exact two-sided Wilcoxon p = 2 / 2^6
     assert "| DSL+MSC | +0.010 ± 0.000 (3/0 of 3), p=0.250 | +0.010 ± 0.000 (3/0 of 3), p=0.250 | " \
            "+0.010 ± 0.000 (6/0 of 6), p=0.031 |" in second
     assert "| DSL+MSC | +0.030 ± 0.000 (6/0 of 6)" not in second and "+0.030 ± 0.000 (6/0 of 6), p=0.031" in first
-    assert "Shared" not in second and (tmp_path / "docs" / "results" / "case_dice_raw.png").is_file()
+    # Shared against DSL too: 0.03 lower on every case
+    assert "| Shared | -0.030 ± 0.000 (0/3 of 3), p=0.250 | -0.030 ± 0.000 (0/3 of 3), p=0.250 | " \
+           "-0.030 ± 0.000 (0/6 of 6), p=0.031 |" in second
+    # no replicate trained: no noise section; no fingerprints recorded: no note on mixed code
+    assert "Retraining noise" not in text and "Mixed model code" not in text
+    assert (tmp_path / "docs" / "results" / "case_dice_raw.png").is_file()
 
 
 def _stat(mean, std, n=2, undef=0):

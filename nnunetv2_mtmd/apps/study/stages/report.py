@@ -7,6 +7,7 @@ import logging
 
 from nnunetv2_mtmd.apps.study.context import StudyContext, study_command
 from nnunetv2_mtmd.apps.study.discussion import keep_discussion, mark_stale_discussion
+from nnunetv2_mtmd.apps.study.fingerprint import STATE_KEY
 from nnunetv2_mtmd.apps.study.report import ReportData, build_report
 from nnunetv2_mtmd.io import atomic_write_text, load_json
 
@@ -32,6 +33,9 @@ def report_data(ctx: StudyContext) -> ReportData:
         command=study_command(ctx),
         environment={k: v for k, v in ctx.env().items() if k.startswith("nnUNet_")},
         n_proc_da=ctx.opts.n_proc_da,
+        fingerprints=dict(ctx.state.data.get(STATE_KEY, {})),
+        later=list(ctx.later),
+        done_folds={s: [f for f in ctx.eval_folds if ctx.fold_complete(f, [s])] for s in ctx.eval_schemes},
     )
 
 
