@@ -9,6 +9,7 @@ import ast
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,116 @@ def test_recorded_budget_round_trip_and_bad_value():
         StudyBudget.from_plans({PLANS_BUDGET_KEY: [1, 2]})
     with pytest.raises(ValueError, match="unknown budget keys \\['iters'\\]"):
         StudyBudget.from_plans({PLANS_BUDGET_KEY: {"iters": 3}})
+
+
+# ---------------------------------------------------- issue 22: weights, gradient ratios, MSC temperatures
+
+
+def _tiny_trainer(nnunet_dirs, name: str, **attrs):
+    """An initialised trainer on the tiny plans (three stages, so that deep supervision has weights)
+    without preprocessed data: a dummy file lets nnU-Net infer the dataset class."""
+    from tests.reliability.model_folder import DATASET
+
+    pre = nnunet_dirs["preprocessed"] / DATASET / "nnUNetPlans_2d"
+    pre.mkdir(parents=True, exist_ok=True)
+    (pre / "dummy.b2nd").write_text("")
+    p = {**plans(), "continue_training": False}
+    ak = p["configurations"]["2d"]["architecture"]["arch_kwargs"]
+    ak.update(n_stages=3, features_per_stage=[4, 8, 16], kernel_sizes=[[3, 3]] * 3, strides=[[1, 1], [2, 2], [2, 2]],
+              n_conv_per_stage=[1, 1, 1], n_conv_per_stage_decoder=[1, 1])
+    cls = type(name, (getattr(trainers, name),), attrs) if attrs else getattr(trainers, name)
+    tr = cls(p, "2d", 0, dataset_json(), torch.device("cpu"))
+    tr.initialize()
+    return tr
+
+
+def _batch(tr, seed: int = 0) -> dict:
+    """A domain-balanced batch of the tiny dataset (ankle labels 1, 2; knee label 3) with nnU-Net's targets."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    d = torch.tensor([0, 1, 0, 1])
+    x = torch.randn(4, 2, 16, 16, generator=g)
+    x[:, 1] = (d + 1).float().view(4, 1, 1)
+    t = torch.zeros(4, 1, 16, 16)
+    t[0, :, 4:10, 4:10], t[1, :, 4:10, 4:10], t[2, :, 2:8, 2:8], t[3, :, 8:12, 8:12] = 1, 3, 2, 3
+    targets = [t if s[0] == 1 else F.interpolate(t, scale_factor=tuple(s), mode="nearest")
+               for s in tr._get_deep_supervision_scales()]
+    return {"data": x, "target": targets}
+
+
+def _train_epoch(tr, iterations: int) -> None:
+    tr.on_train_epoch_start()
+    tr.on_train_epoch_end([tr.train_step(_batch(tr, i)) for i in range(iterations)])
+
+
+def test_default_weights_are_the_papers_att_unet_values():
+    t = trainers.nnUNetTrainerMTMD
+    assert (t.lambda_msc, t.lambda_mjap, t.mjap_form, t.msc_temperature) == (0.5, 0.1, "l2", 0.1)
+    assert t.grad_ratio_every == 50 and t.msc_learnable_temperature is False
+    assert trainers.nnUNetTrainerMTMD_DSL_MSC_LT.msc_learnable_temperature is True
+    assert trainers.nnUNetTrainerMTMD_DSL_MSC_LT.msc_temperature_range == (0.03, 1.0)
+
+
+@pytest.mark.parametrize("name, msc, mjap", [
+    ("nnUNetTrainerMTMD", True, True), ("nnUNetTrainerMTMD_DSL_MSC", True, False),
+    ("nnUNetTrainerMTMD_DSL_MJAP", False, True), ("nnUNetTrainerMTMD_Shared", False, False)])
+def test_epoch_end_logs_the_gradient_norm_ratios(nnunet_dirs, name, msc, mjap, tmp_path):
+    """One log line of the parsed form per epoch, the medians in nnU-Net's logger (NaN for a term the
+    scheme lacks), the MSC temperatures per scale, and progress_mtmd.png draws them."""
+    from nnunetv2_mtmd.training.progress_plot import plot_loss_terms
+    from tests.losses.test_gradient_ratio import LINE
+
+    tr = _tiny_trainer(nnunet_dirs, name, grad_ratio_every=2)
+    if tr.autoencoder is not None:
+        assert tr.loss.mjap.form == "l2"
+    _train_epoch(tr, 5)  # sampled at iterations 0, 2, 4
+    lines = [ln.split(": ", 1)[1].strip() for ln in open(tr.log_file) if "Gradient-norm ratios" in ln]
+    assert len(lines) == 1 and LINE.match(lines[0]), lines
+    m = LINE.match(lines[0])
+    logged = tr.logger.local_logger.my_fantastic_logging
+    assert int(m.group(1)) == logged["grad_ratio_samples"][0] == (3 if msc or mjap else 0)
+    for key, group, present in (("msc_grad_ratio", 2, msc), ("mjap_grad_ratio", 3, mjap)):
+        value = logged[key][0]
+        assert (np.isfinite(value) and value > 0) == present and (m.group(group) == "nan") == (not present)
+        if present:
+            assert float(m.group(group)) == pytest.approx(value, abs=5e-5)
+    temps = logged["msc_temperature"][0]
+    assert temps == ([0.1] * 5 if msc else [pytest.approx(np.nan, nan_ok=True)])
+    plot_loss_terms(logged, 0, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_learnable_temperatures_are_trained_logged_and_checkpointed(nnunet_dirs, tmp_path):
+    from nnunetv2_mtmd.errors import InputDataError
+    from nnunetv2_mtmd.training.trainers.schemes import MSC_TEMPERATURE_KEY
+
+    tr = _tiny_trainer(nnunet_dirs, "nnUNetTrainerMTMD_DSL_MSC_LT")
+    msc = tr.loss.msc
+    theta = msc.temperatures.theta
+    groups = tr.optimizer.param_groups
+    assert len(groups) == 2 and groups[1]["params"] == [theta] and groups[1]["weight_decay"] == 0.0
+    assert groups[0]["weight_decay"] == tr.weight_decay and theta.numel() == 5
+    assert not any(p is theta for p in tr.network.parameters())  # not in the network's state dict
+    tr.lr_scheduler.step(3)
+    assert groups[1]["lr"] == groups[0]["lr"] < tr.initial_lr  # the same poly schedule
+    before = theta.detach().clone()
+    _train_epoch(tr, 3)
+    assert theta.grad is not None and not torch.equal(theta.detach(), before)  # trained by nnU-Net's optimizer
+    logged = tr.logger.local_logger.my_fantastic_logging["msc_temperature"][0]
+    assert logged == pytest.approx(msc.temperature_values()) and all(0.03 <= t <= 1.0 for t in logged)
+    assert any("MSC temperatures per scale:" in ln for ln in open(tr.log_file))
+
+    ckpt = tmp_path / "checkpoint.pth"
+    tr.save_checkpoint(str(ckpt))
+    saved = torch.load(ckpt, weights_only=False)
+    assert torch.equal(saved[MSC_TEMPERATURE_KEY]["theta"], theta.detach())
+    tr2 = _tiny_trainer(nnunet_dirs, "nnUNetTrainerMTMD_DSL_MSC_LT")
+    tr2.load_checkpoint(str(ckpt))  # what --c does
+    theta2 = tr2.loss.msc.temperatures.theta
+    assert torch.equal(theta2.detach(), theta.detach())
+    assert tr2.optimizer.param_groups[1]["params"][0] is theta2  # the optimizer trains the restored tensor
+    assert torch.equal(tr2.optimizer.state[theta2]["momentum_buffer"], tr.optimizer.state[theta]["momentum_buffer"])
+    other = _tiny_trainer(nnunet_dirs, "nnUNetTrainerMTMD_DSL_MSC_LT", msc_temperature_range=(0.05, 0.5))
+    with pytest.raises(InputDataError, match="range"):
+        other.load_checkpoint(str(ckpt))
