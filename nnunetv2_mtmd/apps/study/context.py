@@ -123,7 +123,8 @@ class StudyContext:
         if INDIVIDUAL in later:
             raise InputDataError("--later names Individual, the reference of every comparison: it is always "
                                  "trained first. Remove it from --later.")
-        missing = [s for s in later if s not in self.schemes] if given is not None else []
+        known = {*self.schemes, *self.state.data.get("schemes", [])}
+        missing = [s for s in later if s not in known] if given is not None else []
         if missing:  # a policy for when they are trained; but probably meant to be trained now
             logger.warning("--later names %s, which are not among the schemes to train (%s): they are not trained "
                            "now (add them to --schemes to train them)", missing, " ".join(self.schemes))
@@ -159,7 +160,11 @@ class StudyContext:
             return
         setup_study_logging(self.dir)
         self.state.set_config(self.config)
-        self.state.data["schemes"] = list(dict.fromkeys([*self.state.data.get("schemes", []), *self.schemes]))
+        recorded = self.state.data.get("schemes", [])
+        # a --schemes that names every recorded scheme sets the order (the run order of later plain runs);
+        # a subset adds its new schemes at the end
+        order = [*self.schemes, *recorded] if set(recorded) <= set(self.schemes) else [*recorded, *self.schemes]
+        self.state.data["schemes"] = list(dict.fromkeys(order))
         self.state.data["folds"] = sorted(set(self.state.data.get("folds", [])) | set(self.folds))
         self.state.data["later"] = list(self.later)
         self.state.data["report"] = str(self.report_path)

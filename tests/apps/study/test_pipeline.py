@@ -387,3 +387,20 @@ def test_later_schemes_are_recorded_and_checked(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         Study(StudyOptions(tmp_path / "w2", sources_dir=src, schemes=["Individual", "DSL"], later=["Shared"]))
     assert "--later names ['Shared'], which are not among the schemes to train (Individual DSL)" in caplog.text
+
+
+def test_a_full_schemes_list_sets_the_recorded_order_and_a_subset_adds_to_it(tmp_path):
+    """A work folder prepared with another scheme order (an older default) takes the rerun's order when
+    its --schemes names every recorded scheme; a later plain run keeps it."""
+    from nnunetv2_mtmd.apps.study import DEFAULT_SCHEMES, Study, StudyOptions
+
+    src = make_sources(tmp_path, n_cases=1)
+    work = tmp_path / "w"
+    old = ["Individual", "Shared", "DSL", "DSL_MSC", "DSL_MJAP", "DSL_MSC_MJAP"]  # the default before the rerun
+    Study(StudyOptions(work, sources_dir=src, schemes=old, folds=[0], later=[])).run("report")
+    Study(StudyOptions(work, schemes=list(DEFAULT_SCHEMES), later=["Shared", "Shared_MJAP"])).run("report")
+    again = Study(StudyOptions(work))
+    assert again.schemes == list(DEFAULT_SCHEMES) and again.ctx.all_schemes == list(DEFAULT_SCHEMES)
+    assert list(dict.fromkeys(s for _, s, *_ in again.ctx.train_order())) == list(DEFAULT_SCHEMES)
+    Study(StudyOptions(work, schemes=["DSL_SSC"])).run("report")  # a subset: added at the end
+    assert Study(StudyOptions(work)).schemes == [*DEFAULT_SCHEMES, "DSL_SSC"]
