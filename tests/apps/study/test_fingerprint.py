@@ -163,6 +163,8 @@ def test_every_training_start_records_a_fingerprint_and_a_changed_resume_is_mixe
     assert takes[0]["code_sha256"] == model_code_sha256(pkg)
     assert takes[0]["fingerprint"] == fingerprint_id(model_code_sha256(pkg), takes[0]["versions"])
     assert f"model code {takes[0]['fingerprint']}" in caplog.text and "MIXED" not in caplog.text
+    # the snapshot is not the package this test process runs: said plainly
+    assert f"the trainings load nnunetv2_mtmd from {pkg}, the study process from" in caplog.text
     first = takes[0]["fingerprint"]
     assert [t["fingerprint"] for t in train("resume")] == [first, first]  # same code: still one fingerprint
     (pkg / "training" / "base.py").write_text("lr = 0.5\n")  # the checkout changed under a running study

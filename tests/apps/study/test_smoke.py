@@ -42,6 +42,13 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     assert train_keys == ["train:fold0:DSL:Dataset950_MSKBonesMR",
                           "train:fold0:Individual:Dataset901_Ankle", "train:fold0:Individual:Dataset902_Knee",
                           "train:fold0:Individual:Dataset903_Shoulder"]
+    # every training recorded the model code it ran (this checkout: the trainings load it too)
+    from nnunetv2_mtmd.apps.study import model_code_sha256, model_fingerprint
+
+    assert sorted(state["fingerprints"]) == train_keys
+    fps = {model_fingerprint(state["fingerprints"][k]) for k in train_keys}
+    assert len(fps) == 1 and state["fingerprints"][train_keys[0]][0]["code_sha256"] == model_code_sha256(
+        REPO / "nnunetv2_mtmd")
     # Individual splits hold out the merged split's cases of their domain
     merged = json.loads((work / "nnUNet_preprocessed" / "Dataset950_MSKBonesMR" / "splits_final.json").read_text())
     knee = json.loads((work / "nnUNet_preprocessed" / "Dataset902_Knee" / "splits_final.json").read_text())
@@ -92,6 +99,8 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     # neither an Individual model (remapped) nor DSL's per-domain heads can output another domain's label
     assert text.count("another domain (not scored above; post-processing sets them to background): none.") == 2
     assert "To be written by a human" in text
+    assert f"Every evaluated model was trained with the same model code, `{fps.pop()}`." in text
+    assert "Mixed model code" not in text and "### Loss weights of each scheme" in text
     assert "MTMD_STUDY_BUDGET" not in text and "record it (key `mtmd_study_budget`)" in text
     for scheme in ("Individual", "DSL"):
         summ = json.loads((work / "evaluation" / scheme / "raw" / "summary.json").read_text())

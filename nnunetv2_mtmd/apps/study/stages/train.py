@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 
 from nnunetv2_mtmd.apps.study.constants import StudyError
 from nnunetv2_mtmd.apps.study.context import StudyContext, job_threads
@@ -57,6 +58,11 @@ class TrainStage:
                     take["code_sha256"][:12], take["package"],
                     ", ".join(f"{k} {v}" for k, v in take["versions"].items()),
                     " -- differs from the code it was started with: the model is MIXED" if fp == MIXED else "")
+        here = str(Path(__file__).resolve().parents[3])
+        if take["package"] != here:
+            logger.warning("[train] the trainings load nnunetv2_mtmd from %s, the study process from %s (started "
+                           "from another folder than the snapshot? docs/study.md, 'Pinning the code')",
+                           take["package"], here)
 
     def train_one(self, fold: int, scheme: str, dataset: str, trainer: str, status: str) -> None:
         """One ``nnUNetv2_train`` (new, ``--c`` or ``--val``); its seconds go to the state."""
