@@ -145,3 +145,56 @@ def test_log_line_has_the_parsed_form(summary, text):
     line = format_ratio_line(summary)
     assert line.endswith(text) and LINE.match(line), line
     assert summary.as_log_values()["grad_ratio_samples"] == summary.samples
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """nnU-Net's DDP path with MSC gathered over the ranks; the probe samples before the backward."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from nnunetv2_mtmd.losses.contrastive import MultiScaleContrastiveLoss
+    from nnunetv2_mtmd.training.ddp import prepare_network_for_ddp
+    from tests.reliability.test_ddp import build_network, make_inputs, objective
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        x, _, weights = make_inputs()
+        sl = slice(rank * 6, rank * 6 + 6)
+        net = build_network()
+        ddp = DDP(torch.nn.SyncBatchNorm.convert_sync_batchnorm(net))
+        prepare_network_for_ddp(ddp, lambda m: None)
+        probe = GradientNormProbe(shared_parameters(net), every=1)
+        out = ddp(x[sl])
+        msc = MultiScaleContrastiveLoss(0.1, "all", gather_distributed=True)(net.last_features, net.last_domain_idx)
+        total = objective(out, [w[sl] for w in weights], msc)
+        seg = total - 0.5 * msc
+        sampled = probe.step(seg, {"msc": 0.5 * msc, "mjap": None})  # collectives in these backward passes
+        total.backward()
+        torch.save({"sampled": sampled, "grads": {n: p.grad.clone() for n, p in net.named_parameters()}},
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_probe_under_ddp_leaves_the_averaged_gradients_unchanged(tmp_path):
+    """Two gloo ranks: sampling (three autograd.grad passes through DSBN's and MSC's collectives) does not
+    hang and does not change DDP's averaged gradients, which still equal the full-batch ones."""
+    import torch.multiprocessing as mp
+
+    from nnunetv2_mtmd.losses.contrastive import MultiScaleContrastiveLoss
+    from tests.reliability.test_ddp import WORLD, build_network, make_inputs, objective
+
+    mp.start_processes(_ddp_worker, args=(WORLD, str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True,
+                       start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    x, _, weights = make_inputs()
+    ref = build_network()
+    out = ref(x)
+    msc = MultiScaleContrastiveLoss(0.1, "all")(ref.last_features, ref.last_domain_idx)
+    halves = [objective([o[s] for o in out], [w[s] for w in weights], msc) for s in (slice(0, 6), slice(6, 12))]
+    (sum(halves) / WORLD).backward()
+    assert all(r["sampled"] for r in ranks)
+    for n, p in ref.named_parameters():
+        for r in ranks:
+            torch.testing.assert_close(r["grads"][n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
