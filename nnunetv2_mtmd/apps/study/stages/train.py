@@ -59,7 +59,7 @@ class TrainStage:
                     ", ".join(f"{k} {v}" for k, v in take["versions"].items()),
                     " -- differs from the code it was started with: the model is MIXED" if fp == MIXED else "")
         here = str(Path(__file__).resolve().parents[3])
-        if take["package"] != here:
+        if str(Path(take["package"]).resolve()) != here:
             logger.warning("[train] the trainings load nnunetv2_mtmd from %s, the study process from %s (started "
                            "from another folder than the snapshot? docs/study.md, 'Pinning the code')",
                            take["package"], here)
