@@ -179,7 +179,8 @@ def _about(label: str, c: Mapping[str, Any] | None) -> str:
     return (f"{label}: {c.get('iterations', '?')} iterations, "
             + (f"{secs:.0f} s" if isinstance(secs, (int, float)) else "? s")
             + f", variant {c.get('variant', '?')}, autoencoder fingerprint `{c.get('fingerprint', '?')}`"
-            + (f", cache `{c['cache']}`" if c.get("cache") else ""))
+            + (f", cache `{c['cache']}`" if c.get("cache") else "")
+            + (" (reused from the cache: trained by another MJAP scheme's job)" if c.get("reused") else ""))
 
 
 def autoencoder_section(results: Any, models: Mapping[str, Sequence[tuple[str, str]]], spec: DomainSpec,

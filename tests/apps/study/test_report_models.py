@@ -90,6 +90,12 @@ def test_autoencoder_section_per_fold_from_the_file_else_the_log(tmp_path):
               f0 / AUTOENCODER_FILE)
     _log(fold_folder(res, MERGED, "nnUNetTrainerMTMD_study", 0),
          "x: MJAP autoencoder frozen; validation reconstruction Dice 0.2561\n")
+    f1 = fold_folder(res, MERGED, "nnUNetTrainerMTMD_study", 1)
+    f1.mkdir(parents=True)
+    # as the autoencoder phase writes it (json.dumps: NaN for a structure in no label map)
+    (f1 / AUTOENCODER_FILE).write_text('{"reconstruction_dice": {"knee": {"femur": 0.8, "tibia": NaN}, "hip": '
+                                       '{"femur": 0.6}}, "iterations": 300, "seconds": 12.0, "fingerprint": "ae02", '
+                                       '"variant": "multi_domain", "cache": "c2", "reused": true}')
     assert autoencoder_section(res, MODELS, small_spec(), ["Individual", "DSL"], [0]) == []  # no MJAP scheme
     text = "\n".join(autoencoder_section(res, MODELS, small_spec(), ["DSL", "DSL_MJAP", "DSL_MSC_MJAP"], [0, 1]))
     assert ("Fold 0 (DSL+MJAP: 300 iterations, 95 s, variant multi_domain, autoencoder fingerprint `ae01`, cache "
@@ -97,7 +103,11 @@ def test_autoencoder_section_per_fold_from_the_file_else_the_log(tmp_path):
     assert "| Domain | Structure | DSL+MJAP | DSL+MSC+MJAP |" in text
     assert "| knee | tibia | 0.700 | n/a |" in text and "| hip | femur | 0.500 | n/a |" in text
     assert "| **all** | **mean** | 0.700 | 0.256 (training log) |" in text  # (0.9 + 0.7 + 0.5) / 3
-    assert "Fold 1 (DSL+MJAP: nothing recorded; DSL+MSC+MJAP: nothing recorded):" in text
+    assert ("Fold 1 (DSL+MJAP: nothing recorded; DSL+MSC+MJAP: 300 iterations, 12 s, variant multi_domain, "
+            "autoencoder fingerprint `ae02`, cache `c2` (reused from the cache: trained by another MJAP scheme's "
+            "job)):") in text
+    fold1 = text.partition("Fold 1 (")[2]
+    assert "| knee | tibia | n/a | n/a |" in fold1 and "| **all** | **mean** | n/a | 0.700 |" in fold1
 
 
 def test_replicate_table_per_fold_and_pooled():
