@@ -31,7 +31,9 @@ class Scheme:
     (nnU-Net's planned norm); ``heads``: ``"per_domain"``, ``"shared"`` or ``"stock"``; ``msc``: the
     stages of the supervised contrastive term (``"all"``, ``"bottleneck"`` = SSC) or None; ``mjap``:
     multi-joint anatomical priors; ``benchmark_key``: the key of the scheme in
-    ``nnUNetv2_mtmd_benchmark``'s JSON output, None when the benchmark does not time it.
+    ``nnUNetv2_mtmd_benchmark``'s JSON output, None when the benchmark does not time it;
+    ``replicate_of``: the scheme this one retrains with another seed (its spread against it is the
+    retraining noise), None for an ordinary scheme.
     """
 
     name: str
@@ -43,6 +45,7 @@ class Scheme:
     msc: str | None
     mjap: bool
     benchmark_key: str | None = None
+    replicate_of: str | None = None
 
     @property
     def study_trainer(self) -> str:
@@ -71,7 +74,8 @@ SCHEMES: tuple[Scheme, ...] = (
     # replicate with another seed (retraining noise)
     Scheme("DSL_MSC_LT", "nnUNetTrainerMTMD_DSL_MSC_LT", "DSL+MSC+LT", True, "dsbn", "per_domain", "all",
            False),
-    Scheme("DSL_seed2", "nnUNetTrainerMTMD_DSL_seed2", "DSL (seed 2)", True, "dsbn", "per_domain", None, False),
+    Scheme("DSL_seed2", "nnUNetTrainerMTMD_DSL_seed2", "DSL (seed 2)", True, "dsbn", "per_domain", None, False,
+           replicate_of="DSL"),
 )
 BY_NAME: dict[str, Scheme] = {s.name: s for s in SCHEMES}
 BY_TRAINER: dict[str, Scheme] = {s.trainer: s for s in SCHEMES}
@@ -88,6 +92,11 @@ def get_scheme(name: str) -> Scheme:
     close = difflib.get_close_matches(name, [*BY_NAME, *BY_TRAINER], n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise InputDataError(f"Unknown scheme {name!r}; choose from {', '.join(BY_NAME)}.{hint}")
+
+
+def replicates() -> dict[str, str]:
+    """Replicate scheme -> the scheme it retrains (with another seed)."""
+    return {s.name: s.replicate_of for s in SCHEMES if s.replicate_of}
 
 
 def benchmark_schemes() -> dict[str, Scheme]:

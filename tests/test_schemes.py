@@ -66,3 +66,11 @@ def test_docs_table_is_the_generated_one():
     assert m, "docs/method.md lost its generated scheme table"
     assert m.group(1) == markdown_table()
     assert markdown_table().count("\n") == len(SCHEMES) + 1
+
+
+def test_replicates():
+    from nnunetv2_mtmd.apps.study.constants import REPLICATES
+    from nnunetv2_mtmd.schemes import replicates
+
+    assert replicates() == REPLICATES == {"DSL_seed2": "DSL"}
+    assert all(r in BY_NAME and ref in BY_NAME for r, ref in replicates().items())

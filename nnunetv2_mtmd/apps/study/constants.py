@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnunetv2_mtmd.errors import MTMDError
-from nnunetv2_mtmd.schemes import INDIVIDUAL, SCHEMES  # noqa: F401
+from nnunetv2_mtmd.schemes import INDIVIDUAL, SCHEMES, replicates  # noqa: F401
 from nnunetv2_mtmd.training.budget import BUDGET_ENV, MEASURE_ENV, PLANS_BUDGET_KEY, THREADS_ENV  # noqa: F401
 
 # ------------------------------------------------------------------------------------ constants
@@ -44,7 +44,7 @@ DEFAULT_SCHEMES = ("Individual", "DSL", "DSL_MJAP", "DSL_MSC_MJAP", "DSL_MSC", "
 #: is trained before the first fold of these.
 DEFAULT_LATER = ("Shared", "Shared_MJAP")
 #: Replicate scheme -> the scheme it trains again with another seed (its spread is the retraining noise).
-REPLICATES = {"DSL_seed2": "DSL"}
+REPLICATES: dict[str, str] = replicates()
 STAGES = ("all", "prepare", "train", "evaluate", "report", "measure", "status")
 #: Metrics of the report tables (keys of evaluate's summary.json) and their headings.
 # sensitivity next to the Dice tells under- from over-segmentation (Dice = 2PS / (P + S), P precision)
