@@ -244,6 +244,7 @@ def _saving_trainer(cls, monkeypatch, content):
     monkeypatch.setattr(nnUNetTrainer, "save_checkpoint", fake_nnunet_save)
     t = cls.__new__(cls)
     t.local_rank, t.disable_checkpointing = 0, False
+    t.lambda_msc = 0.0  # no MSC temperatures to save: the stub has no network to build the MSC loss from
     return t
 
 

@@ -3,7 +3,9 @@ killed (SIGKILL) during the autoencoder phase and during segmentation training, 
 ``--c``; nothing already trained is lost or silently retrained.
 
 Trainer ``nnUNetTrainerMTMD_resumetest``: an 8-iteration autoencoder phase saving its progress
-every 2 iterations, then 3 epochs of 2 iterations with a checkpoint after every epoch.
+every 2 iterations (in the fold's label-autoencoder cache folder,
+``$nnUNet_results/<Dataset>/mtmd_label_autoencoders/<plans>__2d/fold_0/multi_domain-<hash>/``), then 3
+epochs of 2 iterations with a checkpoint after every epoch.
 
 1. run A is killed as soon as the autoencoder phase has saved progress;
 2. run B (``--c``; nnU-Net has no checkpoint yet) resumes the phase at that iteration, finishes it,
@@ -95,6 +97,12 @@ class Run:
         self.proc.wait()
 
 
+def _cache_files(planned: dict, name: str) -> list[Path]:
+    """``name`` in the fold's label-autoencoder cache folder(s)."""
+    root = planned["results"] / DATASET / "mtmd_label_autoencoders" / "nnUNetPlans__2d" / "fold_0"
+    return sorted(root.glob(f"multi_domain-*/{name}"))
+
+
 def _epochs_started(text: str) -> list[int]:
     return [int(m) for m in re.findall(r": Epoch (\d+)\s*$", text, flags=re.M)]
 
@@ -104,12 +112,14 @@ def test_kill_and_resume_real_training(planned, monkeypatch):
 
     # --- A: killed during the autoencoder phase
     a = Run(planned, "A", cont=False)
-    a.wait_for(lambda: (fold / AE_PARTIAL_FILE).is_file())
+    a.wait_for(lambda: bool(_cache_files(planned, AE_PARTIAL_FILE)))
     a.kill()
-    partial = torch.load(fold / AE_PARTIAL_FILE, weights_only=True)
+    (partial_file,) = _cache_files(planned, AE_PARTIAL_FILE)
+    partial = torch.load(partial_file, weights_only=True)
     done_a = partial["iterations_done"]
     assert 2 <= done_a < AE_ITERATIONS and not partial["finished"], a.text()[-2000:]
-    assert not (fold / AE_FILE).exists() and not (fold / "checkpoint_latest.pth").exists()
+    assert not _cache_files(planned, AE_FILE) and not (fold / AE_FILE).exists()
+    assert not (fold / "checkpoint_latest.pth").exists()
 
     # --- B: --c without an nnU-Net checkpoint resumes the phase; killed during segmentation training
     b = Run(planned, "B", cont=True)
@@ -119,8 +129,10 @@ def test_kill_and_resume_real_training(planned, monkeypatch):
     shutil.copy(fold / "checkpoint_latest.pth", snapshot)
     text_b = b.text()
     assert f"resuming from {AE_PARTIAL_FILE} at iteration {done_a}/{AE_ITERATIONS}" in text_b
-    assert not (fold / AE_PARTIAL_FILE).exists() and not (fold / "checkpoint_final.pth").exists()
-    finished = torch.load(fold / AE_FILE, weights_only=True)
+    assert not partial_file.exists() and not (fold / "checkpoint_final.pth").exists()
+    finished = torch.load(fold / AE_FILE, weights_only=True)  # the fold's copy of the cached autoencoder
+    assert (fold / AE_FILE).read_bytes() == (partial_file.parent / AE_FILE).read_bytes()
+    assert json.loads((fold / "label_autoencoder.json").read_text())["cache"] == str(partial_file.parent)
     iters = [h["iteration"] for h in finished["history"]]
     assert iters == list(range(2, AE_ITERATIONS + 1, 2)), iters  # every save point once: nothing redone
     assert finished["history"][: len(partial["history"])] == partial["history"]  # run A's part kept as is
