@@ -20,7 +20,10 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from torch._dynamo import OptimizedModule
 
 from nnunetv2_mtmd.schemes import MULTI_DOMAIN
+from nnunetv2_mtmd.training.autoencoder_job import AutoencoderSettings
 from nnunetv2_mtmd.training.trainers.base import nnUNetTrainerMTMD_DSL
+
+AE_DEFAULTS = AutoencoderSettings()
 
 EXTRA_LOG_KEYS = ("seg_loss", "msc_loss", "mjap_loss", "msc_skipped_batches", "msc_nonfinite_batches",
                   "mjap_nonfinite_batches", "msc_grad_ratio", "mjap_grad_ratio", "grad_ratio_samples",
@@ -47,15 +50,22 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
     mjap_form: str = "l2"
     #: Sample the gradient-norm ratios every this many training iterations (0: never).
     grad_ratio_every: int = 50
-    ae_lambda_msc: float = 0.05
-    ae_iterations: int = 500
-    ae_features: tuple = (16, 32, 64, 64)
-    #: The autoencoder phase saves label_autoencoder_partial.pth every this many iterations.
-    ae_save_every: int = 50
+    #: The MJAP label autoencoder (training/autoencoder_trainer.py; defaults: AutoencoderSettings, docs/method.md,
+    #: "Label autoencoder"): variant ("shared" for Shared+MJAP), width, code channels and its training. It is
+    #: trained once per fold and setting in $nnUNet_results/<Dataset>/mtmd_label_autoencoders/ and reused.
+    ae_variant: str = "multi_domain"
+    ae_features: tuple = AE_DEFAULTS.features
+    ae_code_channels: int | None = AE_DEFAULTS.code_channels
+    ae_iterations: int = AE_DEFAULTS.iterations
+    ae_batch_size: int = AE_DEFAULTS.batch_size
+    ae_lr: float = AE_DEFAULTS.lr
+    ae_lambda_msc: float = AE_DEFAULTS.lambda1
+    ae_temperature: float = AE_DEFAULTS.temperature
+    #: The autoencoder phase saves its partial state (label_autoencoder_partial.pth) every this many iterations.
+    ae_save_every: int = AE_DEFAULTS.save_every
 
     def initialize(self):
         super().initialize()
-        from nnunetv2_mtmd.architectures.label_autoencoder import LabelAutoencoder
         from nnunetv2_mtmd.losses.anatomical_prior import AnatomicalPriorLoss
         from nnunetv2_mtmd.losses.combined import RegularizedLoss
 
@@ -64,9 +74,9 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
         self.autoencoder = None
         mjap = None
         if self.lambda_mjap > 0:
-            conv_op = torch.nn.Conv3d if len(self.configuration_manager.patch_size) == 3 else torch.nn.Conv2d
-            self.autoencoder = LabelAutoencoder(self.domain_spec.domain_label_ids, features=self.ae_features,
-                                                conv_op=conv_op).to(self.device)
+            from nnunetv2_mtmd.training.autoencoder_trainer import build_for_trainer
+
+            self.autoencoder = build_for_trainer(self)
             self.autoencoder_trained = False
             mjap = AnatomicalPriorLoss(self.autoencoder, form=self.mjap_form)
 
@@ -126,19 +136,11 @@ class nnUNetTrainerMTMD(nnUNetTrainerMTMD_DSL):
     def on_train_start(self):
         super().on_train_start()
         if self.autoencoder is not None and not self.autoencoder_trained:
-            from nnunetv2_mtmd.training.autoencoder_phase import train_autoencoder
+            from nnunetv2_mtmd.training.autoencoder_trainer import run_for_trainer
 
-            self.print_to_log_file(f"MJAP phase 1: training the label autoencoder for {self.ae_iterations} "
-                                   f"iterations (lambda1 = {self.ae_lambda_msc})")
-            st = train_autoencoder(self.autoencoder, self.dataloader_train, self.dataloader_val, self.ae_iterations,
-                                   self.device, self.output_folder, self.print_to_log_file,
-                                   lambda1=self.ae_lambda_msc, temperature=self.msc_temperature,
-                                   save_every=self.ae_save_every, train_cases=list(self.do_split()[0]))
-            self.autoencoder_history = st.history
+            # trained on the fold's preprocessed training labels (or loaded from the fold's cache), then frozen
+            self.autoencoder_history = run_for_trainer(self, self.autoencoder).history
             self.autoencoder_trained = True
-            if st.history:
-                self.print_to_log_file(f"MJAP autoencoder frozen; validation reconstruction Dice "
-                                       f"{st.history[-1]['val_dice']:.4f}")
 
     def on_train_end(self):
         self._plain_network().collect_features = False  # nnU-Net's final validation needs no features
@@ -300,9 +302,11 @@ class nnUNetTrainerMTMD_Shared(nnUNetTrainerMTMD):
 
 
 class nnUNetTrainerMTMD_Shared_MJAP(nnUNetTrainerMTMD_Shared):
-    """Shared scheme + multi-joint anatomical priors."""
+    """Shared scheme + multi-joint anatomical priors, with the fully shared label autoencoder (one input
+    layer, batch norm and head for all domains, as the paper's Shared+MJAP)."""
 
     lambda_mjap = 0.1
+    ae_variant = "shared"
 
 
 # The DSL scheme has no regularizer: defined in base.py, re-exported here. Scheme id -> trainer class of
