@@ -53,8 +53,8 @@ class AutoencoderSettings:
     (not part of the fingerprint: it does not change the result)."""
 
     features: tuple[int, ...] = (16, 32, 64, 128, 256)
-    code_channels: int | None = None
-    iterations: int = 1500
+    code_channels: int | None = 128
+    iterations: int = 2500
     batch_size: int = 24
     lr: float = 1e-2
     warmup: int = 50
