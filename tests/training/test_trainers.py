@@ -173,9 +173,9 @@ def _train_epoch(tr, iterations: int) -> None:
     tr.on_train_epoch_end([tr.train_step(_batch(tr, i)) for i in range(iterations)])
 
 
-def test_default_weights_are_the_papers_att_unet_values():
+def test_default_weights_lambda2_from_the_paper_lambda3_from_the_measured_ratio():
     t = trainers.nnUNetTrainerMTMD
-    assert (t.lambda_msc, t.lambda_mjap, t.mjap_form, t.msc_temperature) == (0.5, 0.1, "l2", 0.1)
+    assert (t.lambda_msc, t.lambda_mjap, t.mjap_form, t.msc_temperature) == (0.5, 0.001, "l2", 0.1)
     assert t.grad_ratio_every == 50 and t.msc_learnable_temperature is False
     assert trainers.nnUNetTrainerMTMD_DSL_MSC_LT.msc_learnable_temperature is True
     assert trainers.nnUNetTrainerMTMD_DSL_MSC_LT.msc_temperature_range == (0.03, 1.0)
