@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from nnunetv2_mtmd.apps.progress import Heartbeat, PredictionProgress, TrainingProgress
 from nnunetv2_mtmd.apps.workspace import nnunet_env, run_logged
 from nnunetv2_mtmd.errors import InputDataError, OutputExistsError
 
@@ -65,13 +66,22 @@ class Runner:
         self.n_proc_da = n_proc_da
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, step: str, args: list[str], train: bool = False) -> None:
+    def __call__(self, step: str, args: list[str], train: bool = False, progress: Any = None) -> None:
+        """Run one step. ``progress``: a parser of the step's output (:mod:`~nnunetv2_mtmd.apps.progress`)
+        whose lines are shown live; default a :class:`~nnunetv2_mtmd.apps.progress.Heartbeat`. The full
+        output goes to the log file only."""
         env = dict(self.env)
         if train:
             # for training only: nnU-Net's planning crashes with nnUNet_n_proc_DA=0 (nnunet_env removes it)
             env["nnUNet_n_proc_DA"] = str(self.n_proc_da)
         say(f"{step}: {shlex.join(args)}", gap=True)
-        self.seconds[step] = run_logged(args, self.log_file, env, what=f"demo step '{step}'")
+        parser = progress if progress is not None else Heartbeat()
+
+        def show(line: str) -> None:
+            if (msg := parser.feed(line)) is not None:
+                say(f"  {msg}")
+
+        self.seconds[step] = run_logged(args, self.log_file, env, what=f"demo step '{step}'", on_line=show)
         say(f"  done in {self.seconds[step]:.0f} s")
 
 
@@ -112,13 +122,17 @@ def run_demo(out: Path, cases: int = 10, test_cases: int = 4, seed: int = 0, tra
     planned_bs, planned_f, features = set_cpu_plans(plans_file, batch_size, base_features)
     say(f"batch size {planned_bs} (planned) -> {batch_size} ({batch_size // 3} per domain), features per "
         f"stage {planned_f} (planned) -> {features}, for CPU")
-    run("train", ["nnUNetv2_train", str(MERGED_ID), "2d", "all", "-tr", trainer, "-device", "cpu"], train=True)
+    merged = out / "nnUNet_raw" / f"Dataset{MERGED_ID}_{MERGED_NAME}"
+    say(f"training log: {out / 'demo_log.txt'} (all of nnU-Net's output); one line per epoch here")
+    run("train", ["nnUNetv2_train", str(MERGED_ID), "2d", "all", "-tr", trainer, "-device", "cpu"], train=True,
+        progress=TrainingProgress(trainer_epochs(trainer), domain_labels(merged / "dataset.json")))
 
     inputs = _prepare_inputs(run, out, sources)
     pred = out / "predictions"
+    n_cases = len({p.name.rsplit("_", 1)[0] for p in inputs.glob("*.nii.gz")})
     run("predict", ["nnUNetv2_predict", "-i", str(inputs), "-o", str(pred), "-d", str(MERGED_ID), "-c", "2d",
-                    "-tr", trainer, "-f", "all", "-device", "cpu", "-npp", "1", "-nps", "1"])
-    merged = out / "nnUNet_raw" / f"Dataset{MERGED_ID}_{MERGED_NAME}"
+                    "-tr", trainer, "-f", "all", "-device", "cpu", "-npp", "1", "-nps", "1"],
+        progress=PredictionProgress(n_cases))
     run("evaluate", ["nnUNetv2_mtmd_evaluate", "-ref", str(merged / "labelsTs"), "-pred", str(pred),
                      "-d", str(MERGED_ID), "-o", str(out / "evaluation"), "-np", "1"])
     summary = json.loads((out / "evaluation" / "summary.json").read_text())
@@ -130,6 +144,22 @@ def run_demo(out: Path, cases: int = 10, test_cases: int = 4, seed: int = 0, tra
     say(format_dice_table(dice), gap=True, tag=False)
     say(f"report: {out / 'report.md'}  examples: {example_png}  total {run.seconds['total'] / 60:.1f} min", gap=True)
     return DemoResult(out, summary, run.seconds)
+
+
+def trainer_epochs(trainer: str) -> int | None:
+    """Number of epochs of one of the plugin's schedule trainers (``schedule_epochs``); None for any other
+    trainer (the progress lines then show no time left)."""
+    from nnunetv2_mtmd.training import trainers
+
+    return getattr(getattr(trainers, trainer, None), "schedule_epochs", None)
+
+
+def domain_labels(dataset_json: Path) -> dict[str, list[int]]:
+    """``{domain: [unified label ids]}`` of a merged dataset, to show the pseudo-Dice per domain."""
+    from nnunetv2_mtmd.domains import load_domain_spec
+
+    spec = load_domain_spec(dataset_json)
+    return {d.name: list(d.unified_ids) for d in spec.domains}
 
 
 def _prepare_inputs(run: Runner, out: Path, sources: list[Path]) -> Path:

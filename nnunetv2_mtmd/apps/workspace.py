@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -60,12 +60,15 @@ def _now() -> str:
 
 
 def run_logged(cmd: Sequence[str], log_path: Path, env: Mapping[str, str], what: str | None = None,
-               error: type[Exception] = CommandError, tail_lines: int = 15) -> float:
+               error: type[Exception] = CommandError, tail_lines: int = 15,
+               on_line: Callable[[str], None] | None = None) -> float:
     """Run console script ``cmd[0]`` (looked up with :func:`console_script`) with ``env``, no stdin, its
     output appended to ``log_path`` after a ``[time] $ command`` line; returns the seconds it took.
 
     A non-zero exit raises ``error`` naming ``what`` (default: the command), the exit code, the
-    duration, the command and the last ``tail_lines`` lines of the log."""
+    duration, the command and the last ``tail_lines`` lines of the log. ``on_line``: called with every
+    output line as it arrives (after it is written to the log), e.g. a live progress parser
+    (:mod:`nnunetv2_mtmd.apps.progress`)."""
     text = shlex.join(cmd)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +76,18 @@ def run_logged(cmd: Sequence[str], log_path: Path, env: Mapping[str, str], what:
     with open(log_path, "a") as log:
         log.write(f"\n[{_now()}] $ {text}\n")
         log.flush()
-        proc = subprocess.run([console_script(cmd[0]), *cmd[1:]], env=dict(env), stdout=log,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        argv = [console_script(cmd[0]), *cmd[1:]]
+        if on_line is None:
+            proc = subprocess.run(argv, env=dict(env), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        else:
+            # a Python child block-buffers a pipe: without this its lines would arrive in 8 KB bursts
+            live_env = {**env, "PYTHONUNBUFFERED": "1"}
+            with subprocess.Popen(argv, env=live_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1) as proc:
+                for line in proc.stdout or ():
+                    log.write(line)
+                    log.flush()
+                    on_line(line)
     secs = time.time() - t0
     if proc.returncode != 0:
         tail = "".join(log_path.read_text(errors="replace").splitlines(True)[-tail_lines:])
