@@ -30,6 +30,7 @@ HISTORICAL_TRAINERS = [
     "nnUNetTrainerMTMD_Shared_MJAP", "nnUNetTrainerMTMD_Shared_MJAP_debug", "nnUNetTrainerMTMD_Shared_MJAP_study",
     "nnUNetTrainerMTMD_Shared_debug", "nnUNetTrainerMTMD_Shared_study", "nnUNetTrainerMTMD_debug",
     "nnUNetTrainerMTMD_demo", "nnUNetTrainerMTMD_resumetest", "nnUNetTrainerMTMD_study", "nnUNetTrainer_study",
+    "nnUNetTrainerMTMD_AddDomain", "nnUNetTrainerMTMD_AddDomain_debug",
 ]
 
 
@@ -47,7 +48,7 @@ def test_every_exported_trainer_is_a_literal_class_statement():
     literal = _literal_classes()
     missing = [n for n in trainers.__all__ if n not in literal]
     assert not missing, f"trainers made without a class statement (searching their name finds nothing): {missing}"
-    assert len(trainers.__all__) == len(set(trainers.__all__)) == 32
+    assert len(trainers.__all__) == len(set(trainers.__all__)) == 34
 
 
 def test_every_scheme_has_its_trainer_debug_and_study_classes():
