@@ -16,6 +16,12 @@ ResEnc presets):
 * per-stage features (encoder stages then decoder stages, ``2 * n_stages - 1`` tensors) for the
   multi-scale contrastive loss are stored in ``last_features`` when ``collect_features`` is True;
   nothing is kept otherwise.
+* ``torch.compile`` (nnU-Net compiles the network on CUDA): the forward pass traces as ONE graph in
+  training and eval mode, with or without ``collect_features``, and the domain mix of a batch is data,
+  not a guard, so a (mode, input shape) compiles once (tests/architectures/test_compile.py). The
+  stores of ``last_features`` / ``last_domain_idx`` and the domain indices set on the DSBN modules
+  are attribute writes dynamo replays after the compiled call; the one host synchronisation, the
+  domain-code check, becomes an in-graph assert while compiling (:func:`_assert_valid`).
 
 The network is described completely by the plans: ``network_class_name`` =
 ``nnunetv2_mtmd.architectures.unet.MultiDomainPlainConvUNet`` and ``arch_kwargs`` = the backbone's
@@ -63,12 +69,34 @@ HEAD_MODES = ("domain", "shared")
 IntOrSeq = int | list[int] | tuple[int, ...]
 
 
+def _is_compiling() -> bool:
+    """Whether the caller is being traced by ``torch.compile`` (dynamo); False in eager mode."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    if is_compiling is None:  # pragma: no cover - torch 2.1 / 2.2
+        return bool(torch._dynamo.is_compiling())
+    return bool(is_compiling())
+
+
+def _assert_valid(bad: Tensor, message: str) -> None:
+    """Refuse a batch in which any entry of ``bad`` ``(B,)`` (bool) is set.
+
+    Under ``torch.compile`` a host synchronisation (``bool(bad.any())``) would break the graph, so the
+    check stays inside it as ``torch._assert_async``: on CPU it raises ``RuntimeError(message)`` when
+    the compiled code runs; on CUDA it is a device-side assert (fails the run, but asynchronously and
+    without naming the values). The callers with a clear host-side error before the compiled network
+    runs are the predictor's input check (``inference/checks.py``, every case before anything is
+    written) and the training loader, which writes the code channel from the sample's domain
+    (``training/sampling.restore_code_channel``)."""
+    torch._assert_async(torch.logical_not(bad.any()), message)
+
+
 def decode_domain(x: Tensor, num_domains: int) -> Tensor:
     """Domain indices ``(B,)`` (int64, 0-based) read from the code channel, the LAST channel of ``x``.
 
     ``x``: ``(B, C + 1, *spatial)``. The code of a sample is the spatial maximum of its code channel
     (zero padding of sliding-window tiles does not change it), rounded to the nearest integer;
-    domain index = code - 1. Raises ValueError naming the codes found if any is outside 1..K.
+    domain index = code - 1. Raises ValueError naming the codes found if any is outside 1..K (eager
+    mode; under ``torch.compile`` the check is an in-graph assert, see :func:`_assert_valid`).
     """
     if x.ndim < 3 or x.shape[1] < 2:
         raise ValueError(
@@ -77,15 +105,21 @@ def decode_domain(x: Tensor, num_domains: int) -> Tensor:
         )
     code = torch.round(x[:, -1].detach().flatten(1).amax(1).float()).long()  # (B,)
     bad = (code < 1) | (code > num_domains)
-    if bool(bad.any()):
+    if _is_compiling():
+        _assert_valid(bad, _invalid_code_message("", num_domains))
+    elif bool(bad.any()):  # eager: one host sync, an error naming the codes
         found = sorted({int(c) for c in code[bad].tolist()})
-        raise ValueError(
-            f"Multi-domain U-Net: invalid domain code(s) {found} in the last input channel; valid codes are "
-            f"1..{num_domains} (domain index + 1). The last channel must be the constant domain code image "
-            "(channel name 'noNorm'); add it to new cases with nnUNetv2_mtmd_prepare_input. A code of 0 "
-            "usually means the code channel is missing or the tile contains only padding."
-        )
+        raise ValueError(_invalid_code_message(f" {found}", num_domains))
     return code - 1
+
+
+def _invalid_code_message(found: str, num_domains: int) -> str:
+    return (
+        f"Multi-domain U-Net: invalid domain code(s){found} in the last input channel; valid codes are "
+        f"1..{num_domains} (domain index + 1). The last channel must be the constant domain code image "
+        "(channel name 'noNorm'); add it to new cases with nnUNetv2_mtmd_prepare_input. A code of 0 "
+        "usually means the code channel is missing or the tile contains only padding."
+    )
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -106,6 +140,8 @@ def unwrap_network(network: nn.Module) -> nn.Module:
 
 
 def _check_domain_idx(domain_idx: Tensor, batch: int, num_domains: int) -> Tensor:
+    """``domain_idx`` ``(B,)`` as int64 after checking its shape and range ``0..K-1`` (ValueError in eager
+    mode, an in-graph assert under ``torch.compile``)."""
     if not isinstance(domain_idx, Tensor) or domain_idx.ndim != 1 or domain_idx.shape[0] != batch:
         raise ValueError(
             f"Multi-domain U-Net: domain_idx must be a 1-D tensor with one 0-based domain index per sample "
@@ -114,7 +150,9 @@ def _check_domain_idx(domain_idx: Tensor, batch: int, num_domains: int) -> Tenso
     if domain_idx.dtype != torch.long:
         domain_idx = domain_idx.long()
     bad = (domain_idx < 0) | (domain_idx >= num_domains)
-    if bool(bad.any()):
+    if _is_compiling():
+        _assert_valid(bad, f"Multi-domain U-Net: invalid domain index(es); valid are 0..{num_domains - 1}.")
+    elif bool(bad.any()):
         found = sorted({int(c) for c in domain_idx[bad].tolist()})
         raise ValueError(
             f"Multi-domain U-Net: invalid domain index(es) {found}; valid are 0..{num_domains - 1}."
