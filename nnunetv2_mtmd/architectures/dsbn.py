@@ -41,10 +41,13 @@ Implementation notes
 * Distributed training: nnU-Net's DDP path calls
   ``nn.SyncBatchNorm.convert_sync_batchnorm``, which does not touch these modules. If
   ``sync_distributed`` is True (see :func:`set_dsbn_sync`), torch.distributed is initialised and the
-  world size is > 1, the per-domain sums and counts are all-reduced (with
-  ``torch.distributed.nn.functional.all_reduce``, which keeps gradients) in training mode, so every
-  rank normalises with the global per-domain statistics (tested with two gloo processes). Off by
-  default: it requires every rank to run every training forward pass.
+  world size is > 1, the per-domain sums and counts are all-reduced (with an all-reduce that keeps
+  gradients, see :func:`_all_reduce`) in training mode, so every rank normalises with the global
+  per-domain statistics (tested with two gloo processes, eager and compiled). Off by default: it
+  requires every rank to run every training forward pass.
+* ``torch.compile``: the forward and the hand-written backward trace without graph break (the domain
+  indices are a tensor, the per-domain tables have the static size K), so a batch's domain mix never
+  triggers a recompilation (tests/architectures/test_compile.py).
 """
 
 from __future__ import annotations
@@ -289,6 +292,16 @@ def _dist_active() -> bool:
 
 
 def _all_reduce(t: Tensor) -> Tensor:
+    """Sum of ``t`` over all ranks of the default group, differentiable (backward: the sum of the ranks'
+    gradients).
+
+    torch's functional collectives trace into a compiled graph (``torch.distributed.nn.functional``'s
+    autograd function breaks it, 5 breaks per DSBN layer) and, in recent torch versions (2.14 here), carry
+    an autograd formula (``all_reduce_backward``); without it the autograd function is used."""
+    import torch.distributed._functional_collectives as fc
+
+    if hasattr(fc, "all_reduce_backward"):
+        return fc.wait_tensor(fc.all_reduce(t, "sum", torch.distributed.group.WORLD))
     from torch.distributed.nn.functional import all_reduce
 
     return all_reduce(t)

@@ -321,8 +321,9 @@ def test_dropin_norm_op_for_dynamic_network_architectures():
     assert block(torch.randn(2, 2, 6, 6)).shape == (2, C, 6, 6)
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str, compiled: bool = False) -> None:
     import torch.distributed as dist
+    from torch._dynamo.backends.debugging import aot_eager
 
     from nnunetv2_mtmd.architectures.dsbn import set_dsbn_sync
 
@@ -334,16 +335,25 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         set_dsbn_sync(dsbn, True)
         sl = slice(rank * 3, rank * 3 + 3)
         xr = x[sl].clone().requires_grad_(True)
-        y = _run(dsbn, xr, d[sl].tolist())
+        graphs = []  # one graph per compiled region: more than one = a graph break
+
+        def counting(gm, example_inputs):
+            graphs.append(gm)
+            return aot_eager(gm, example_inputs)
+
+        run = torch.compile(_run, backend=counting) if compiled else _run
+        y = run(dsbn, xr, d[sl].tolist())
         (y * g[sl]).sum().backward()
-        torch.save((y.detach(), xr.grad, dsbn.weight.grad, dsbn.bias.grad, dsbn.state_dict()),
+        torch.save((y.detach(), xr.grad, dsbn.weight.grad, dsbn.bias.grad, dsbn.state_dict(), len(graphs)),
                    f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_distributed_sync_matches_single_process_full_batch(tmp_path):
-    """Two gloo processes with 3 samples each == one process with all 6 samples."""
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_distributed_sync_matches_single_process_full_batch(tmp_path, compiled):
+    """Two gloo processes with 3 samples each == one process with all 6 samples; also under
+    ``torch.compile`` (aot_eager), where the all-reduce must not break the graph."""
     import torch.multiprocessing as mp
 
     torch.manual_seed(8)
@@ -355,7 +365,8 @@ def test_distributed_sync_matches_single_process_full_batch(tmp_path):
     torch.save((x, d, g, dsbn.state_dict()), tmp_path / "inputs.pt")
     # fork: no re-import of torch in the children (spawn takes ~15 s on a loaded 2-core machine)
     mp.start_processes(
-        _ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+        _ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), compiled), nprocs=2, join=True,
+        start_method="fork",
     )
 
     ref = copy.deepcopy(dsbn)
@@ -368,6 +379,7 @@ def test_distributed_sync_matches_single_process_full_batch(tmp_path):
     # DDP sums/averages parameter gradients; the sum of the local ones is the full-batch gradient
     torch.testing.assert_close(ranks[0][2] + ranks[1][2], ref.weight.grad, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ranks[0][3] + ranks[1][3], ref.bias.grad, rtol=1e-4, atol=1e-5)
+    assert [r[5] for r in ranks] == ([1, 1] if compiled else [0, 0])  # compiled: one graph, no break
     for r in ranks:
         for key in ("running_mean", "running_var", "num_batches_tracked"):
             torch.testing.assert_close(r[4][key], ref.state_dict()[key], rtol=1e-5, atol=1e-6)
