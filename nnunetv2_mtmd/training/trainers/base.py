@@ -9,7 +9,12 @@ only connects it to nnU-Net:
 - ``get_dataloaders`` swaps nnU-Net's loader for :class:`DomainBalancedDataLoader` (through
   :func:`nnunetv2_mtmd.compat.build_dataloaders`, the tracked copy of nnU-Net's method);
 - ``do_split`` writes a domain-stratified 5-fold split when no splits_final.json exists;
-- torch.compile is disabled (logged), batch size is checked to be a multiple of K.
+- batch size is checked to be a multiple of K.
+
+``torch.compile`` is nnU-Net's own decision (``nnUNetTrainer._do_i_compile``, not overridden: on CUDA
+unless ``nnUNet_compile=f``; never on CPU, MPS or Windows): the multi-domain network compiles as one
+graph whatever the batch's domain mix (architectures/unet.py, tests/architectures/test_compile.py), and
+the regularizers read the features from the plain network under the wrapper (``_plain_network``).
 """
 
 from __future__ import annotations
@@ -106,17 +111,6 @@ class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
         """Plans ``arch_kwargs`` this scheme replaces (e.g. shared norm and head). The predictor calls
         ``build_network_architecture`` of the checkpoint's trainer, so these reach inference too."""
         return {}
-
-    def _do_i_compile(self) -> bool:
-        if not getattr(self, "_compile_reason_logged", False):
-            self._compile_reason_logged = True
-            if self.device.type == "cuda":
-                self.print_to_log_file(
-                    "INFO: torch.compile disabled for MTMD trainers: the network reads the domain code from its "
-                    "input and normalises per domain, so compiled graphs would be rebuilt for every batch "
-                    "composition."
-                )
-        return False
 
     def _set_batch_size_and_oversample(self) -> None:
         k = self.domain_spec.num_domains
