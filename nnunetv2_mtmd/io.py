@@ -4,6 +4,7 @@ all-or-nothing output folders."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -292,3 +293,12 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
     if not isinstance(ckpt, dict):
         raise InputDataError(f"{path} is not an nnU-Net checkpoint (found {type(ckpt).__name__}, expected a dict).")
     return ckpt
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -39,17 +39,21 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ADD_DOMAIN_KEY",
+    "RECORD_VERSION",
     "SPACING_RTOL",
     "NewDomainData",
     "check_new_channels",
     "extend_domain_spec",
     "median_spacing",
+    "read_record",
     "spacing_mismatch",
     "write_new_domain_dataset",
 ]
 
 #: Key of the provenance record in the new dataset.json and in the new plans.
 ADD_DOMAIN_KEY = "mtmd_add_domain"
+#: Version of the record written under ADD_DOMAIN_KEY.
+RECORD_VERSION = 1
 #: Relative spacing difference between the new domain's median spacing and the plans' target spacing
 #: above which a warning is logged (nnU-Net resamples every case to the plans' spacing anyway, so it
 #: is only a warning: a large factor means strong resampling of the new domain's images).
@@ -198,3 +202,27 @@ def write_new_domain_dataset(
     save_json(dj, folder / "dataset.json")
     DomainSpec.from_dataset_json(folder / "dataset.json")  # re-parse what was written
     return NewDomainData(spec, dj, writer.n_train[k], writer.n_test[k])
+
+
+def read_record(plans: dict[str, Any], spec: DomainSpec, where: str = "plans") -> dict[str, Any]:
+    """The :data:`ADD_DOMAIN_KEY` record of plans written by :func:`add_domain`, checked against the
+    dataset's domain block ``spec`` (the new domain is the last one)."""
+    rec = plans.get(ADD_DOMAIN_KEY)
+    if not isinstance(rec, dict):
+        raise DomainSpecError(
+            f"{where} has no '{ADD_DOMAIN_KEY}' record: nnUNetTrainerMTMD_AddDomain trains datasets written by "
+            "nnUNetv2_mtmd_add_domain (which records the source model in the plans). Run it first, or train "
+            "this dataset with another trainer."
+        )
+    for key, typ in (("format_version", int), ("source_checkpoint", str), ("source_checkpoint_sha256", str),
+                     ("source_domains", list), ("new_domain", str)):
+        if not isinstance(rec.get(key), typ):
+            raise DomainSpecError(f"{where}['{ADD_DOMAIN_KEY}']['{key}']: expected {typ.__name__}, found "
+                                  f"{rec.get(key)!r}. Re-run nnUNetv2_mtmd_add_domain.")
+    expected = [*rec["source_domains"], rec["new_domain"]]
+    if spec.names != expected:
+        raise DomainSpecError(
+            f"{where}['{ADD_DOMAIN_KEY}'] describes domains {expected} (source + new), the dataset.json has "
+            f"{spec.names}. The plans belong to another dataset; re-run nnUNetv2_mtmd_add_domain."
+        )
+    return rec

@@ -24,7 +24,6 @@ succeeded; a failure leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -36,10 +35,12 @@ from typing import Any
 
 from nnunetv2_mtmd.conversion.add_domain import (
     ADD_DOMAIN_KEY,
+    RECORD_VERSION,
     NewDomainData,
     check_new_channels,
     extend_domain_spec,
     median_spacing,
+    read_record,
     spacing_mismatch,
     write_new_domain_dataset,
 )
@@ -48,23 +49,13 @@ from nnunetv2_mtmd.conversion.merge_sources import read_source, resolve_source
 from nnunetv2_mtmd.domains import DomainSpec, sanitize_domain_name
 from nnunetv2_mtmd.errors import DomainSpecError, OutputExistsError
 from nnunetv2_mtmd.inference.model import ModelFolderError, load_trained_network, locate_model_folder
-from nnunetv2_mtmd.io import dataset_id_in_use, env_folder, load_json, save_json
+from nnunetv2_mtmd.io import dataset_id_in_use, env_folder, file_sha256, load_json, save_json
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ADD_DOMAIN_KEY", "RECORD_VERSION", "AddDomainResult", "add_domain", "extend_plans", "extract_fingerprint",
            "file_sha256", "read_record"]
 
-RECORD_VERSION = 1
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def extend_plans(plans: dict[str, Any], spec: DomainSpec, dataset_name: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -95,30 +86,6 @@ def extend_plans(plans: dict[str, Any], spec: DomainSpec, dataset_name: str, rec
         )
     out["configurations"] = configs
     return out
-
-
-def read_record(plans: dict[str, Any], spec: DomainSpec, where: str = "plans") -> dict[str, Any]:
-    """The :data:`ADD_DOMAIN_KEY` record of plans written by :func:`add_domain`, checked against the
-    dataset's domain block ``spec`` (the new domain is the last one)."""
-    rec = plans.get(ADD_DOMAIN_KEY)
-    if not isinstance(rec, dict):
-        raise DomainSpecError(
-            f"{where} has no '{ADD_DOMAIN_KEY}' record: nnUNetTrainerMTMD_AddDomain trains datasets written by "
-            "nnUNetv2_mtmd_add_domain (which records the source model in the plans). Run it first, or train "
-            "this dataset with another trainer."
-        )
-    for key, typ in (("format_version", int), ("source_checkpoint", str), ("source_checkpoint_sha256", str),
-                     ("source_domains", list), ("new_domain", str)):
-        if not isinstance(rec.get(key), typ):
-            raise DomainSpecError(f"{where}['{ADD_DOMAIN_KEY}']['{key}']: expected {typ.__name__}, found "
-                                  f"{rec.get(key)!r}. Re-run nnUNetv2_mtmd_add_domain.")
-    expected = [*rec["source_domains"], rec["new_domain"]]
-    if spec.names != expected:
-        raise DomainSpecError(
-            f"{where}['{ADD_DOMAIN_KEY}'] describes domains {expected} (source + new), the dataset.json has "
-            f"{spec.names}. The plans belong to another dataset; re-run nnUNetv2_mtmd_add_domain."
-        )
-    return rec
 
 
 @dataclass

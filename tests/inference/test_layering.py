@@ -1,4 +1,5 @@
-"""Inference and training do not import each other (read from the sources, so lazy imports count).
+"""Inference does not import training, and training imports inference only where it must read a trained
+model (read from the sources, so lazy imports count).
 
 Inference looks a checkpoint's trainer class up by name through nnU-Net at run time; training
 installs the predictor's input check through ``nnunetv2_mtmd.compat``. The one import of training
@@ -39,5 +40,18 @@ def test_inference_does_not_import_training():
     assert {(m, n) for m, n in pairs if not any(m == a and n.startswith(b) for a, b in KNOWN)} == set()
 
 
-def test_training_does_not_import_inference():
-    assert _of(_imports("training"), "inference") == set()
+#: Training modules that may read a trained model through inference (the layers allow it: inference sits
+#: below training). Only the add-domain writer does: it loads the source model to check its norms and heads.
+TRAINING_READS_MODELS = {"nnunetv2_mtmd.training.add_domain"}
+
+
+def test_training_imports_inference_only_to_read_trained_models():
+    assert {m for m, _ in _of(_imports("training"), "inference")} <= TRAINING_READS_MODELS
+
+
+def test_trainers_import_neither_inference_nor_the_modules_that_do():
+    """nnU-Net's trainer lookup imports every trainer module: none of them may pull inference in."""
+    trainer_pairs = {(m, n) for m, n in _imports("training") if m.startswith("nnunetv2_mtmd.training.trainers")}
+    assert _of(trainer_pairs, "inference") == set()
+    assert {(m, n) for m, n in trainer_pairs if any(n == r or n.startswith(r + ".") for r in TRAINING_READS_MODELS)} \
+        == set()

@@ -53,7 +53,7 @@ class nnUNetTrainerMTMD_AddDomain(nnUNetTrainerMTMD_DSL):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        from nnunetv2_mtmd.training.add_domain import read_record
+        from nnunetv2_mtmd.conversion.add_domain import read_record
 
         self.add_domain_record = read_record(plans, self.domain_spec, f"plans of {self.plans_manager.dataset_name}")
         self.new_domain_index = self.domain_spec.num_domains - 1
@@ -93,8 +93,7 @@ class nnUNetTrainerMTMD_AddDomain(nnUNetTrainerMTMD_DSL):
 
     def _load_source(self, net: torch.nn.Module) -> None:
         """The source checkpoint of the record into ``net`` (its SHA-256 must be the recorded one)."""
-        from nnunetv2_mtmd.io import load_checkpoint_file
-        from nnunetv2_mtmd.training.add_domain import file_sha256
+        from nnunetv2_mtmd.io import file_sha256, load_checkpoint_file
         from nnunetv2_mtmd.training.domain_transfer import transfer_source_weights
 
         rec = self.add_domain_record
