@@ -239,3 +239,33 @@ def test_msc_separates_domains_more_than_dsl(pipeline, monkeypatch, capsys):
     assert intra_m > inter_m
     # a clear margin, not noise: measured 0.33 against 0.00 (see MSC_TEST_ITERATIONS)
     assert (intra_m - inter_m) - (intra_d - inter_d) > 0.1
+
+
+def _seeded_weights(pipeline, seed: int, run: str) -> dict:
+    """Train nnUNetTrainerMTMD_DSL_debug with plans recording ``seed`` into a fresh results folder."""
+    from nnunetv2_mtmd.io import load_checkpoint_file
+
+    pre = pipeline["preprocessed"] / DATASET
+    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    name = f"nnUNetPlans_seed{seed}"
+    plans.update(plans_name=name, mtmd_training_seed=seed)  # same data identifier: same preprocessed data
+    (pre / f"{name}.json").write_text(json.dumps(plans))
+    results = pipeline["root"] / f"results_{run}"
+    env = dict(pipeline["train_env"], nnUNet_results=str(results))
+    _run(["nnUNetv2_train", "950", "2d", "0", "-tr", "nnUNetTrainerMTMD_DSL_debug", "-p", name, "-device", "cpu"],
+         env)
+    fold = results / DATASET / f"nnUNetTrainerMTMD_DSL_debug__{name}__2d" / "fold_0"
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert f"Random generators seeded with {seed} (plans['mtmd_training_seed']" in log
+    return load_checkpoint_file(fold / "checkpoint_final.pth")["network_weights"]
+
+
+def test_a_seed_in_the_plans_makes_training_repeatable(pipeline):
+    """Same plans seed, two runs: bitwise the same weights (initialisation, sampling and in-process
+    augmentation are seeded); another seed: other weights."""
+    import torch
+
+    a, b, c = (_seeded_weights(pipeline, s, r) for s, r in ((7, "a"), (7, "b"), (8, "c")))
+    assert a.keys() == b.keys() == c.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

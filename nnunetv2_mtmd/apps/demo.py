@@ -27,6 +27,7 @@ import SimpleITK as sitk
 from nnunetv2_mtmd.apps.progress import Heartbeat, PredictionProgress, TrainingProgress
 from nnunetv2_mtmd.apps.workspace import nnunet_env, run_logged
 from nnunetv2_mtmd.errors import InputDataError, OutputExistsError
+from nnunetv2_mtmd.training.trainers.base import PLANS_SEED_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +120,10 @@ def run_demo(out: Path, cases: int = 10, test_cases: int = 4, seed: int = 0, tra
     run("plan and preprocess", ["nnUNetv2_plan_and_preprocess", "-d", str(MERGED_ID), "-pl", "nnUNetPlannerMTMD",
                                 "-c", "2d", "-np", "2"])
     plans_file = out / "nnUNet_preprocessed" / f"Dataset{MERGED_ID}_{MERGED_NAME}" / "nnUNetPlans.json"
-    planned_bs, planned_f, features = set_cpu_plans(plans_file, batch_size, base_features)
+    planned_bs, planned_f, features = set_cpu_plans(plans_file, batch_size, base_features, seed)
     say(f"batch size {planned_bs} (planned) -> {batch_size} ({batch_size // 3} per domain), features per "
-        f"stage {planned_f} (planned) -> {features}, for CPU")
+        f"stage {planned_f} (planned) -> {features}, for CPU; training seed {seed} (plans '{PLANS_SEED_KEY}': "
+        "initialisation, sampling and in-process augmentation)")
     merged = out / "nnUNet_raw" / f"Dataset{MERGED_ID}_{MERGED_NAME}"
     say(f"training log: {out / 'demo_log.txt'} (all of nnU-Net's output); one line per epoch here")
     run("train", ["nnUNetv2_train", str(MERGED_ID), "2d", "all", "-tr", trainer, "-device", "cpu"], train=True,
@@ -177,11 +179,15 @@ def _prepare_inputs(run: Runner, out: Path, sources: list[Path]) -> Path:
     return inputs
 
 
-def set_cpu_plans(plans_file: Path, batch_size: int, base_features: int | None = None) -> tuple[int, list, list]:
+def set_cpu_plans(plans_file: Path, batch_size: int, base_features: int | None = None,
+                  seed: int | None = None) -> tuple[int, list, list]:
     """Set the 2d batch size (and, with ``base_features``, the network width: ``base * 2**stage``,
-    capped at the planned maximum) in a plans file. Returns the planned batch size and the planned and
-    new features per stage."""
+    capped at the planned maximum; with ``seed``, the training seed the MTMD trainers read,
+    ``mtmd_training_seed``) in a plans file. Returns the planned batch size and the planned and new
+    features per stage."""
     plans = json.loads(plans_file.read_text())
+    if seed is not None:
+        plans[PLANS_SEED_KEY] = int(seed)
     conf = plans["configurations"]["2d"]
     planned = conf["batch_size"]
     conf["batch_size"] = int(batch_size)

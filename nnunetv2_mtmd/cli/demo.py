@@ -21,7 +21,9 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--out", default="mtmd_demo_output", help="output folder (holds its own nnUNet_* folders)")
     p.add_argument("--cases", type=int, default=10, help="training cases per domain")
     p.add_argument("--test-cases", type=int, default=4, help="held-out test cases per domain")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic data and of the training (written into the plans as "
+                   "mtmd_training_seed: initialisation, sampling, in-process augmentation)")
     p.add_argument("-tr", default=DEFAULT_TRAINER, help="trainer (any MTMD trainer, e.g. nnUNetTrainerMTMD_DSL_debug)")
     p.add_argument("--batch_size", type=int, default=6, help="batch size written into the plans (multiple of 3)")
     p.add_argument("--base_features", type=int, default=DEFAULT_BASE_FEATURES,

@@ -33,8 +33,16 @@ def test_set_cpu_plans_batch_size_and_width(tmp_path, planned, base, expected):
     p = _plans(tmp_path, planned)
     bs, before, after = set_cpu_plans(p, 6, base)
     assert (bs, before, after) == (21, planned, expected)
-    conf = json.loads(p.read_text())["configurations"]["2d"]
+    plans = json.loads(p.read_text())
+    conf = plans["configurations"]["2d"]
     assert conf["batch_size"] == 6 and conf["architecture"]["arch_kwargs"]["features_per_stage"] == expected
+    assert "mtmd_training_seed" not in plans  # no seed given: none recorded
+
+
+def test_set_cpu_plans_records_the_training_seed(tmp_path):
+    p = _plans(tmp_path, [32, 64])
+    set_cpu_plans(p, 6, None, seed=7)
+    assert json.loads(p.read_text())["mtmd_training_seed"] == 7
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -244,3 +244,24 @@ def test_learnable_temperatures_are_trained_logged_and_checkpointed(nnunet_dirs,
     other = _tiny_trainer(nnunet_dirs, "nnUNetTrainerMTMD_DSL_MSC_LT", msc_temperature_range=(0.05, 0.5))
     with pytest.raises(InputDataError, match="range"):
         other.load_checkpoint(str(ckpt))
+
+
+@pytest.mark.parametrize("class_seed, plans, expected", [
+    (None, {}, None),                              # stock behaviour: unseeded
+    (None, {"mtmd_training_seed": 7}, 7),          # the demo's plans
+    (2, {"mtmd_training_seed": 7}, 2),             # the class (e.g. DSL_seed2) wins
+    (None, {"mtmd_training_seed": 0}, 0),
+])
+def test_training_seed_from_class_or_plans(class_seed, plans, expected):
+    from nnunetv2_mtmd.training.trainers.base import training_seed
+
+    assert training_seed(class_seed, plans) == expected
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "7", True])
+def test_a_bad_plans_seed_names_the_key(value):
+    from nnunetv2_mtmd.errors import InputDataError
+    from nnunetv2_mtmd.training.trainers.base import training_seed
+
+    with pytest.raises(InputDataError, match=r"plans\['mtmd_training_seed'\] must be a non-negative integer"):
+        training_seed(None, {"mtmd_training_seed": value})

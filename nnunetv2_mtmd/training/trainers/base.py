@@ -29,7 +29,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunetv2_mtmd.compat import build_dataloaders, install_predictor_input_check
 from nnunetv2_mtmd.domains import DomainSpec, check_plans_architecture
-from nnunetv2_mtmd.errors import DomainSpecError
+from nnunetv2_mtmd.errors import DomainSpecError, InputDataError
 from nnunetv2_mtmd.training.sampling import DomainBalancedDataLoader
 
 MTMD_NETWORK_PREFIX = "nnunetv2_mtmd.architectures."
@@ -43,6 +43,25 @@ def check_mtmd_plans(configuration_manager) -> None:
             f"The plans' network is {name}, not a multi-domain network. Plan the merged dataset with "
             "'nnUNetv2_plan_and_preprocess -d <id> -pl nnUNetPlannerMTMD' before training an MTMD trainer."
         )
+
+
+#: Top-level plans key of a training seed written by whoever wrote the plans (the demo's ``--seed``), so that
+#: the results folder's plans.json records it; the class attribute ``seed`` wins over it.
+PLANS_SEED_KEY = "mtmd_training_seed"
+
+
+def training_seed(class_seed: int | None, plans: dict) -> int | None:
+    """The seed a trainer uses: ``class_seed`` if set, else the plans' :data:`PLANS_SEED_KEY`, else None.
+    A recorded value that is not a non-negative integer raises :class:`InputDataError`."""
+    if class_seed is not None:
+        return class_seed
+    value = plans.get(PLANS_SEED_KEY)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputDataError(f"plans['{PLANS_SEED_KEY}'] must be a non-negative integer (a training seed), found "
+                             f"{value!r}. Fix or remove the key in the plans file.")
+    return value
 
 
 def seed_everything(seed: int) -> None:
@@ -68,15 +87,18 @@ class nnUNetTrainerMTMD_DSL(nnUNetTrainer):
     #: Seed of python's, numpy's and torch's random generators, set before nnU-Net builds the network and
     #: the data loaders (None: unseeded, as stock nnU-Net). With in-process augmentation
     #: (``nnUNet_n_proc_DA=0``) a seed fixes initialisation, sampling and augmentation; a scheme trained
-    #: twice with two seeds measures retraining noise (the study's DSL replicate).
+    #: twice with two seeds measures retraining noise (the study's DSL replicate). None here: the plans'
+    #: ``mtmd_training_seed`` if they record one (the demo's ``--seed``), else unseeded.
     seed: int | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.seed is not None:
-            seed_everything(self.seed)
-            self.print_to_log_file(f"Random generators seeded with {self.seed} (python, numpy, torch)")
+        seed = training_seed(self.seed, plans)
+        if seed is not None:
+            seed_everything(seed)
+            where = "class attribute seed" if self.seed is not None else f"plans['{PLANS_SEED_KEY}']"
+            self.print_to_log_file(f"Random generators seeded with {seed} ({where}; python, numpy, torch)")
         self.domain_spec = DomainSpec.from_dataset_json(dataset_json)
         check_mtmd_plans(self.configuration_manager)
         check_plans_architecture(self.configuration_manager.network_arch_init_kwargs, self.domain_spec,
