@@ -302,3 +302,20 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def environ_set(values: dict[str, str]) -> Iterator[None]:
+    """Within the block ``os.environ`` holds ``values``; afterwards every key has its previous value
+    again (keys that were unset are removed). For nnU-Net, which reads its folder variables from the
+    environment at every use and passes them to the workers it spawns."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -49,7 +49,7 @@ from nnunetv2_mtmd.conversion.merge_sources import read_source, resolve_source
 from nnunetv2_mtmd.domains import DomainSpec, sanitize_domain_name
 from nnunetv2_mtmd.errors import DomainSpecError, OutputExistsError
 from nnunetv2_mtmd.inference.model import ModelFolderError, load_trained_network, locate_model_folder
-from nnunetv2_mtmd.io import dataset_id_in_use, env_folder, file_sha256, load_json, save_json
+from nnunetv2_mtmd.io import dataset_id_in_use, env_folder, environ_set, file_sha256, load_json, save_json
 
 logger = logging.getLogger(__name__)
 
@@ -260,16 +260,8 @@ def add_domain(
 def _nnunet_roots(raw: Path, preprocessed: Path) -> Iterator[None]:
     """Within the block ``$nnUNet_raw`` and ``$nnUNet_preprocessed`` name these folders (nnunetv2 2.8.1
     reads them from the environment at every use, and its spawned workers inherit them)."""
-    saved = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed")}
-    os.environ["nnUNet_raw"], os.environ["nnUNet_preprocessed"] = str(raw), str(preprocessed)
-    try:
+    with environ_set({"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(preprocessed)}):
         yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def extract_fingerprint(raw_root: Path, preprocessed_root: Path, dataset_name: str, num_processes: int) -> None:

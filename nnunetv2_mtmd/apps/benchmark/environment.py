@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nnunetv2_mtmd.apps.workspace import nnunet_folders
-from nnunetv2_mtmd.io import stdout_to
+from nnunetv2_mtmd.io import environ_set, stdout_to
 
 
 @contextlib.contextmanager
@@ -28,23 +28,14 @@ def benchmark_environment(workdir: Path) -> Iterator[dict[str, str]]:
     """Set ``nnUNet_raw/preprocessed/results`` (folders inside ``workdir``, created) and
     ``nnUNet_compile=f`` in ``os.environ`` for the block; restore the previous values afterwards.
 
-    ``nnUNet_compile=f``: torch.compile is off for the MTMD trainers (domain-dependent graphs), so the
-    stock trainer must not compile either, or the ratios would compare compiled with eager code.
+    ``nnUNet_compile=f``: the eager table compares eager code on both sides (on CUDA nnU-Net would
+    compile the stock and the MTMD trainers alike).
     Yields the three folder variables."""
     folders = nnunet_folders(workdir)
     for folder in folders.values():
         Path(folder).mkdir(parents=True, exist_ok=True)
-    wanted = {**folders, "nnUNet_compile": "f"}
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
+    with environ_set({**folders, "nnUNet_compile": "f"}):
         yield folders
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 #: nnU-Net's prints go to the benchmark's log (the one helper of the package for it).
