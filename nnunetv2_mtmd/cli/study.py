@@ -25,6 +25,8 @@ nnUNetv2_mtmd_embeddings of every multi-domain scheme), report (results.md). 'al
 order and evaluates + reports after every finished fold. 'measure' times a few iterations of every
 trainer (after prepare) and prints the expected hours of the budget. 'status' prints every model's
 state and the remaining training time (read-only; works while the study runs; pass --jobs as used).
+'archive' (with --archive DIR) writes every finished model's logs, evaluations and records to DIR, which a
+new work folder restores from (a study that outlives its work folder; done after every model anyway).
 
 Run order: the main schemes (all but --later) fold by fold, Individual first and the others in the
 order of --schemes; then the --later schemes ("if time allows") fold by fold. A fold is evaluated
@@ -109,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, default=None,
                    help="where results.md goes (default DIR/results.md); pictures go to a folder named like it "
                         "without .md (e.g. --report docs/results.md -> docs/results/)")
+    p.add_argument("--archive", type=Path, default=None, metavar="DIR",
+                   help="study archive (recorded; default: none): every finished model's logs, evaluation and "
+                        "records are written to DIR as soon as it finishes, and models DIR holds that the work "
+                        "folder lacks are restored first, so a study can continue in a new work folder "
+                        "(docs/study.md, 'Archive'). Kilobytes per model, no images or checkpoints")
     p.add_argument("--measure-iterations", type=int, default=10,
                    help="--stage measure: timed iterations per epoch of an Individual model (x K multi-domain)")
     p.add_argument("--skip-verify", action="store_true",
@@ -143,6 +150,7 @@ def _main(argv: Sequence[str] | None) -> int:
                         later=args.later, folds=args.folds, budget=budget, merged_id=args.merged_id,
                         merged_name=args.merged_name,
                         num_processes=args.num_processes, n_proc_da=args.n_proc_da, jobs=args.jobs, report=args.report,
+                        archive=args.archive,
                         dry_run=args.dry_run, measure_iterations=args.measure_iterations,
                         verify=not args.skip_verify)
     study = Study(opts)

@@ -339,12 +339,92 @@ def evaluate_folders(
             "conventions": CONVENTIONS,
         }
     )
+    _write_evaluation(Path(out_dir), rows, slices, summary, spec, overwrite, plots)
+    return summary
+
+
+def _typed(row: Mapping[str, str], float_columns: Sequence[str], int_columns: Sequence[str] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = dict(row)
+    for c in float_columns:
+        out[c] = float(row[c])  # "nan" -> NaN
+    for c in int_columns:
+        out[c] = int(row[c])
+    return out
+
+
+def pool_evaluations(
+    folders: Sequence[Path],
+    out_dir: Path,
+    spec: DomainSpec,
+    overwrite: bool = False,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """One evaluation of the cases of several evaluations of disjoint case sets (output folders of
+    :func:`evaluate_folders`, e.g. one per model and fold), written like :func:`evaluate_folders` does.
+
+    The rows of their ``metrics.csv`` and ``slices.csv`` are concatenated and summarised again, so the
+    result is :func:`evaluate_folders` of the union of their predictions (up to the 6 decimals of the
+    CSV files) without reading one image: evaluations kept from models whose predictions are gone
+    still pool. A case evaluated in two folders is an error (the case sets must not overlap).
+    Returns the summary dict (NaN for undefined values)."""
+    if not folders:
+        raise InputDataError("pool_evaluations needs at least one evaluation folder.")
+    rows: list[dict[str, Any]] = []
+    slices: list[dict[str, Any]] = []
+    seen: dict[str, Path] = {}
+    missing: set[str] = set()
+    other: dict[str, dict[str, Any]] = {"prediction": {}, "reference": {}}
+    refs, axes = [], set()
+    for folder in map(Path, folders):
+        for name in ("metrics.csv", "slices.csv", "summary.json"):
+            if not (folder / name).is_file():
+                raise InputDataError(f"{folder / name} does not exist: {folder} is no output folder of "
+                                     "nnUNetv2_mtmd_evaluate; evaluate it first.")
+        frows = [_typed(r, METRICS) for r in read_csv(folder / "metrics.csv")]
+        for case in sorted({r["case"] for r in frows}):
+            if case in seen:
+                raise InputDataError(f"Case '{case}' is evaluated in both {seen[case]} and {folder}: pooled "
+                                     "evaluations must cover disjoint cases (e.g. the folds of one split).")
+            seen[case] = folder
+        rows += frows
+        slices += [_typed(r, ("dice",), ("slice",)) for r in read_csv(folder / "slices.csv")]
+        summ = json.loads((folder / "summary.json").read_text())
+        missing |= set(summ.get("missing_predictions") or [])
+        for what in other:
+            other[what].update((summ.get("labels_of_other_domains") or {}).get(what) or {})
+        refs.append(summ.get("reference"))
+        axes.add(summ.get("slice_axis", 0))
+    if len(axes) > 1:
+        raise InputDataError(f"The evaluations to pool used different slice axes {sorted(axes)}: "
+                             f"{', '.join(map(str, folders))}.")
+    summary = summarize(rows, spec)
+    summary.update(
+        {
+            "reference": refs[0] if len(set(refs)) == 1 else refs,
+            "prediction": "pooled from " + ", ".join(map(str, folders)),
+            "pooled_from": [str(f) for f in folders],
+            "n_cases": len(seen),
+            # a case held out of one fold is evaluated in another: missing only where no folder has it
+            "missing_predictions": sorted(missing - set(seen)),
+            "labels_of_other_domains": other,
+            "slice_axis": axes.pop(),
+            "conventions": CONVENTIONS,
+        }
+    )
+    _write_evaluation(Path(out_dir), rows, slices, summary, spec, overwrite, plots)
+    return summary
+
+
+def _write_evaluation(out_dir: Path, rows: Sequence[Mapping[str, Any]], slices: Sequence[Mapping[str, Any]],
+                      summary: Mapping[str, Any], spec: DomainSpec, overwrite: bool, plots: bool) -> None:
+    """metrics.csv, slices.csv, summary.md, summary.json (and the box plots) into ``out_dir``, all or nothing."""
+    missing, other_domains = summary["missing_predictions"], summary["labels_of_other_domains"]
     header = [
-        f"Reference: `{ref_dir}`  ",
-        f"Prediction: `{pred_dir}`  ",
+        f"Reference: `{summary['reference']}`  ",
+        f"Prediction: `{summary['prediction']}`  ",
         "Cases: "
         + ", ".join(f"{d} {e['n_cases']}" for d, e in summary["domains"].items())
-        + f" (total {len(pairs)})",
+        + f" (total {summary['n_cases']})",
     ]
     if missing:
         header.append(
@@ -353,15 +433,16 @@ def evaluate_folders(
     for what, bad in other_domains.items():
         if bad:
             header.append(
-                f"  \nLabels of another domain in the {what} (not evaluated), in {len(bad)} of {len(pairs)} cases: "
+                f"  \nLabels of another domain in the {what} (not evaluated), in {len(bad)} of "
+                f"{summary['n_cases']} cases: "
                 + "; ".join(
-                    f"{c} ({_voxel_counts_text(labs)})"
+                    f"{c} ({_voxel_counts_text({int(k): int(v) for k, v in labs.items()})})"
                     for c, labs in list(bad.items())[:10]
                 )
                 + (" ..." if len(bad) > 10 else "")
             )
     groups = [(d.name, lab.name) for d in spec.domains if d.name in summary["domains"] for lab in d.labels]
-    with atomic_output_dir(Path(out_dir), overwrite=overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         write_csv(rows, METRICS_COLUMNS, tmp / "metrics.csv")
         write_csv(slices, SLICES_COLUMNS, tmp / "slices.csv")
         (tmp / "summary.md").write_text(summary_markdown(summary, header), encoding="utf-8")
@@ -370,4 +451,3 @@ def evaluate_folders(
             from nnunetv2_mtmd.evaluation.plots import metric_boxplots  # matplotlib: parent process only
 
             metric_boxplots(rows, METRICS, groups, tmp)
-    return summary

@@ -334,3 +334,68 @@ def test_real_data_30_cases(tmp_path):
     for dom in REAL_SETS:
         dice = summary["domains"][dom]["mean"]["dice"]
         assert 0.2 < dice["mean"] < 0.99  # perturbed, not identical, not disjoint
+
+
+def _approx_tree(a, b, path=""):
+    """Nested dicts/lists equal, floats to 1e-6 (metrics.csv keeps 6 decimals), None == None."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            _approx_tree(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _approx_tree(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+def test_pool_evaluations_equals_evaluating_the_union(folders, tmp_path):
+    """Two evaluations of disjoint case sets (two "folds") pooled = one evaluation of all predictions:
+    same rows, same summary (to the CSV's 6 decimals), same missing cases and foreign labels."""
+    from nnunetv2_mtmd.evaluation.evaluate import pool_evaluations
+
+    spec, ref_dir, pred_dir = folders
+    split = {"a": ["ankle_001", "shoulder_002"], "b": ["knee_001"]}
+    parts = []
+    for name, cases in split.items():
+        d = tmp_path / f"pred_{name}"
+        d.mkdir()
+        for c in cases:
+            (d / f"{c}.nii.gz").write_bytes((pred_dir / f"{c}.nii.gz").read_bytes())
+        evaluate_folders(ref_dir, d, spec, ".nii.gz", tmp_path / f"ev_{name}", num_processes=1, allow_missing=True,
+                         plots=False)
+        parts.append(tmp_path / f"ev_{name}")
+    whole = evaluate_folders(ref_dir, pred_dir, spec, ".nii.gz", tmp_path / "ev_all", num_processes=1, plots=False)
+    pooled = pool_evaluations(parts, tmp_path / "pooled", spec, plots=False)
+    assert pooled["n_cases"] == whole["n_cases"] == 3 and pooled["missing_predictions"] == []
+    # knee_001's shoulder label (8) in the prediction: kept by the pooled summary
+    assert pooled["labels_of_other_domains"]["prediction"] == {"knee_001": {"8": 1}}
+    assert pooled["pooled_from"] == [str(p) for p in parts]
+    on_disk = json.loads((tmp_path / "pooled" / "summary.json").read_text())
+    ref_disk = json.loads((tmp_path / "ev_all" / "summary.json").read_text())
+    for key in ("domains", "all", "labels_of_other_domains", "slice_axis", "n_cases"):
+        _approx_tree(on_disk[key], ref_disk[key], key)
+    def order(r):
+        return r["case"], r["structure"], r.get("slice", "")
+
+    for name in ("metrics.csv", "slices.csv"):
+        got = sorted(read_rows(tmp_path / "pooled" / name), key=order)
+        want = sorted(read_rows(tmp_path / "ev_all" / name), key=order)
+        assert got == want
+    assert (tmp_path / "pooled" / "summary.md").is_file()
+
+
+def test_pool_evaluations_refuses_overlaps_and_non_evaluations(folders, tmp_path):
+    from nnunetv2_mtmd.evaluation.evaluate import pool_evaluations
+
+    spec, ref_dir, pred_dir = folders
+    evaluate_folders(ref_dir, pred_dir, spec, ".nii.gz", tmp_path / "ev", num_processes=1, plots=False)
+    with pytest.raises(InputDataError, match="is evaluated in both"):
+        pool_evaluations([tmp_path / "ev", tmp_path / "ev"], tmp_path / "pooled", spec, plots=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputDataError, match=r"metrics.csv does not exist.*evaluate it first"):
+        pool_evaluations([tmp_path / "empty"], tmp_path / "pooled", spec, plots=False)
+    assert not (tmp_path / "pooled").exists()

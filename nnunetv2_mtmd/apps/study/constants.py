@@ -45,7 +45,11 @@ DEFAULT_SCHEMES = ("Individual", "DSL", "DSL_MJAP", "DSL_MSC_MJAP", "DSL_MSC", "
 DEFAULT_LATER = ("Shared", "Shared_MJAP")
 #: Replicate scheme -> the scheme it trains again with another seed (its spread is the retraining noise).
 REPLICATES: dict[str, str] = replicates()
-STAGES = ("all", "prepare", "train", "evaluate", "report", "measure", "status")
+STAGES = ("all", "prepare", "train", "evaluate", "report", "measure", "status", "archive")
+#: Version of ``archive.json`` (``--archive``, :mod:`~nnunetv2_mtmd.apps.study.archive`).
+ARCHIVE_VERSION = 1
+#: File in a fold folder restored from an archive (no checkpoint, no predictions): the model counts as done.
+ARCHIVED_MARKER = "mtmd_study_archived.json"
 #: Metrics of the report tables (keys of evaluate's summary.json) and their headings.
 # sensitivity next to the Dice tells under- from over-segmentation (Dice = 2PS / (P + S), P precision)
 REPORT_METRICS = {"dice": "Dice", "sensitivity": "Sensitivity", "assd_mm": "ASSD (mm)", "mssd_mm": "MSSD (mm)"}

@@ -58,6 +58,8 @@ class StudyOptions:
     n_proc_da: int = 0
     jobs: int = 1
     report: Path | None = None
+    #: the study archive (docs/study.md, "Archive"); None: recorded, else none
+    archive: Path | None = None
     dry_run: bool = False
     measure_iterations: int = 10
     verify: bool = True
@@ -104,6 +106,8 @@ class StudyContext:
         self.results = self.dir / "nnUNet_results"
         report = opts.report or self.state.data.get("report")
         self.report_path = Path(report).expanduser().resolve() if report else self.dir / "results.md"
+        archive = opts.archive or self.state.data.get("archive")
+        self.archive_path = Path(archive).expanduser().resolve() if archive else None
         self._spec: DomainSpec | None = None
 
     def _requested_schemes(self) -> list[str]:
@@ -168,6 +172,8 @@ class StudyContext:
         self.state.data["folds"] = sorted(set(self.state.data.get("folds", [])) | set(self.folds))
         self.state.data["later"] = list(self.later)
         self.state.data["report"] = str(self.report_path)
+        if self.archive_path is not None:
+            self.state.data["archive"] = str(self.archive_path)
         self.state.save()
         logger.info("=== study stage '%s' in %s: schemes %s (later: %s), folds %s, budget %s; code of commit %s "
                     "loaded from %s", stage, self.dir, " ".join(self.schemes), " ".join(self.later) or "none",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nnunetv2_mtmd.apps.study.archive import StudyArchive
 from nnunetv2_mtmd.apps.study.budget import StudyBudget
 from nnunetv2_mtmd.apps.study.constants import STAGES
 from nnunetv2_mtmd.apps.study.context import StudyContext, StudyOptions, job_threads  # noqa: F401
@@ -38,6 +39,11 @@ class Study:
         self.reporting = ReportStage(self.ctx)
         self.measurement = MeasureStage(self.ctx)
         self.status = StatusStage(self.ctx)
+        #: ``--archive``: what outlives the work folder (docs/study.md, "Archive")
+        self.archive = (StudyArchive(self.ctx, self.ctx.archive_path, self.evaluation)
+                        if self.ctx.archive_path is not None else None)
+        if self.archive is not None:
+            self.training.on_model_done = self.archive.model_done
 
     # the context's folders and options, as before the stages were split off
     @property
@@ -99,7 +105,9 @@ class Study:
     # ---------------------------------------------------------------------------- stages
     def run(self, stage: str = "all") -> None:
         """Run ``stage`` (one of :data:`STAGES`); ``all``: prepare, train (evaluating and reporting every
-        fold as soon as it is complete), evaluate, report."""
+        fold as soon as it is complete), evaluate, report. With an archive (``--archive``), every stage but
+        prepare first restores the archived models the work folder lacks, every finished model is archived
+        at once, and ``archive`` writes the archive of every finished model."""
         if stage not in STAGES:
             raise InputDataError(f"Unknown stage {stage!r}; choose from {', '.join(STAGES)}.")
         if stage == "status":  # read-only: no lock, so it works beside a running study
@@ -107,10 +115,18 @@ class Study:
             return
         with work_lock(self.ctx.dir, self.ctx.dry):
             self.ctx.start(stage)
-            if stage in ("all", "prepare", "measure"):
+            if stage in ("all", "prepare", "measure", "archive"):
                 self.prepare()
             if stage == "measure":
                 self.measure()
+                return
+            if self.archive is not None and stage != "prepare":
+                self.archive.restore()
+            if stage == "archive":
+                if self.archive is None:
+                    raise InputDataError("--stage archive needs --archive DIR (none is recorded in "
+                                         f"{self.ctx.dir / 'state.json'}).")
+                self.archive.save()
                 return
             if stage in ("all", "train"):
                 self.train(evaluate_as_we_go=stage == "all")

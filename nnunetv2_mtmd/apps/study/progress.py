@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from nnunetv2_mtmd.apps.study.constants import CONFIGURATION, INDIVIDUAL, PLANS_NAME
+from nnunetv2_mtmd.apps.study.constants import ARCHIVED_MARKER, CONFIGURATION, INDIVIDUAL, PLANS_NAME
 from nnunetv2_mtmd.io import load_json
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,14 @@ def training_status(fold_dir: Path, expected_val_cases: Sequence[str] | None = N
     - ``"validate"``: trained, but the final validation is missing or incomplete (``--val``);
     - ``"resume"``: a ``checkpoint_latest.pth`` or ``checkpoint_best.pth`` to continue from (``--c``);
     - ``"new"``: nothing to continue from.
+
+    A model restored from a study archive (:data:`ARCHIVED_MARKER`, no checkpoint) is ``"done"``: its
+    evaluation came with it (:mod:`~nnunetv2_mtmd.apps.study.archive`).
     """
     fold_dir = Path(fold_dir)
+    if (fold_dir / ARCHIVED_MARKER).is_file() and not any(
+            (fold_dir / n).is_file() for n in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")):
+        return "done"
     if (fold_dir / "checkpoint_final.pth").is_file():
         val = fold_dir / "validation"
         if (val / "summary.json").is_file() and all(

@@ -86,6 +86,8 @@ class ReportData:
     later: Sequence[str] = ()
     #: scheme -> the requested folds it has finished (every model done)
     done_folds: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    #: model key -> marker of every model restored from a study archive (``--archive``): trained elsewhere
+    restored: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def pics_dir(self) -> Path:
@@ -258,8 +260,23 @@ def _head_section(data: ReportData, folds: Sequence[int], schemes: Sequence[str]
         "state.json, nnU-Net's training logs); none was typed by hand.", "",
         f"**Folds evaluated: {', '.join(map(str, folds))}** of the {N_SPLITS}-fold domain-stratified split"
         + (f" (folds {', '.join(map(str, pending))} not finished yet: this report is partial)." if pending else "."),
-        "", *later,
+        "", *later, *_restored_lines(data),
     ]
+
+
+def _restored_lines(data: ReportData) -> list[str]:
+    """Which models were trained in an earlier work folder and restored from the study archive."""
+    if not data.restored:
+        return []
+    by_place: dict[tuple[str, str], list[str]] = {}
+    for key, m in data.restored.items():
+        by_place.setdefault((str(m.get("trained_in")), str(m.get("archive"))), []).append(key.split(":", 1)[1])
+    items = [f"{len(keys)} trained in `{where}` (restored from `{arch}`: {', '.join(keys)})"
+             for (where, arch), keys in by_place.items()]
+    return [f"**{len(data.restored)} model(s) were trained in earlier work folders** and restored from the study "
+            "archive with their training logs, evaluations and records, without checkpoints or predictions "
+            '(docs/study.md, "Archive"): ' + "; ".join(items) + ". Their model code is listed under \"Model code\".",
+            ""]
 
 
 def _data_section(data: ReportData) -> list[str]:

@@ -194,8 +194,11 @@ def test_union_folders_keeps_each_folds_json_and_refuses_overlapping_folds(tmp_p
     assert (tmp_path / "all" / "c.nii.gz").read_text() == "c"  # the old output is left as it was
 
 
-def test_embeddings_are_reused_while_the_checkpoint_is_the_same(tmp_path, monkeypatch):
-    from nnunetv2_mtmd.apps.study import Study, StudyOptions, fold_folder
+def test_embeddings_are_reused_while_the_model_is_the_same(tmp_path, monkeypatch):
+    """Reused while the model's done record is the one they were computed from (a retrained model has a
+    new one), so also for a model restored from an archive without its checkpoint."""
+    from nnunetv2_mtmd.apps.study import Study, StudyOptions
+    from nnunetv2_mtmd.apps.study.fingerprint import model_key
 
     study = Study(StudyOptions(tmp_path / "w", sources_dir=make_sources(tmp_path, n_cases=1)))
     calls = []
@@ -208,20 +211,16 @@ def test_embeddings_are_reused_while_the_checkpoint_is_the_same(tmp_path, monkey
         return 0.0
 
     monkeypatch.setattr(study.ctx.runner, "command", fake_run_cmd)
-    ckpts = {}
+    done = study.state.data["done"]
     for s in ("DSL", "DSL_MSC"):
-        d = fold_folder(study.results, study.merged, SCHEME_TRAINERS[s], 0)
-        d.mkdir(parents=True)
-        ckpts[s] = d / "checkpoint_final.pth"
-        ckpts[s].write_bytes(b"weights")
+        done[model_key(0, s, study.merged)] = {"at": "2026-12-01T10:00:00"}
     dirs = study.evaluation.embeddings(0, ["DSL", "DSL_MSC"])
     assert calls == [SCHEME_TRAINERS["DSL"], SCHEME_TRAINERS["DSL_MSC"]]
     assert dirs == {s: study.dir / "embeddings" / f"{s}_fold0" for s in ("DSL", "DSL_MSC")}
-    # a later fold's evaluation: same checkpoints -> nothing recomputed
+    # a later fold's evaluation: same models -> nothing recomputed
     assert study.evaluation.embeddings(0, ["DSL", "DSL_MSC"]) == dirs and len(calls) == 2
-    # a retrained model (new checkpoint) and a deleted output folder are computed again
-    st = ckpts["DSL"].stat()
-    os.utime(ckpts["DSL"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    # a retrained model (new done record) and a deleted output folder are computed again
+    done[model_key(0, "DSL", study.merged)] = {"at": "2026-12-01T11:00:00"}
     shutil.rmtree(dirs["DSL_MSC"])
     study.evaluation.embeddings(0, ["DSL", "DSL_MSC"])
     assert calls[2:] == [SCHEME_TRAINERS["DSL"], SCHEME_TRAINERS["DSL_MSC"]]

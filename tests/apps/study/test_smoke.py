@@ -27,13 +27,15 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     src = make_sources(tmp_path)
     work = tmp_path / "work"
     report = tmp_path / "docs" / "results.md"
+    archive = tmp_path / "docs" / "study_archive"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("nnUNet_n_proc_DA", None)
     args = ["--workdir", str(work), "--sources", str(src), "--domains", "ankle", "knee", "shoulder", "--folds", "0",
             "--schemes", "Individual", "DSL", "--iterations", "2", "--epochs", "1", "--val-iterations", "1",
             "--ae-iterations", "2",
             "--batch-size", "6", "--spacing", "1", "--patch-size", "16", "--max-features", "32", "-np", "1",
-            "--n-proc-da", "0", "--skip-verify", "--report", str(report), "--jobs", "2"]
+            "--n-proc-da", "0", "--skip-verify", "--report", str(report), "--jobs", "2",
+            "--archive", str(archive)]
     proc = study_cli(args, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -85,7 +87,11 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
         pp = work / "predictions_postprocessed" / scheme
         held_out = sorted(f"{c}.nii.gz" for c in merged[0]["val"])
         assert sorted(p.name for p in pp.glob("*.nii.gz")) == raw_cases == held_out
-        assert json.loads((pp / "postprocessing_mtmd_fold0.json").read_text())["components_kept"] == comp
+        # one post-processing record per model: fold 0's DSL model, each of fold 0's Individual models
+        records = sorted(pp.glob("postprocessing_mtmd_fold0*.json"))
+        assert len(records) == (3 if scheme == "Individual" else 1), records
+        for rec in records:
+            assert json.loads(rec.read_text())["components_kept"] == comp
 
     text = report.read_text()
     assert "## Results without post-processing" in text and "## Results with the paper's post-processing" in text
@@ -145,3 +151,35 @@ def test_smoke_whole_pipeline_on_tiny_data_and_resume(tmp_path):
     assert "already evaluated (skipped)" in proc.stderr
     again = json.loads((work / "state.json").read_text())
     assert again["seconds"] == state["seconds"] and again["commands"] == state["commands"]
+
+    # ---- the archive: every finished model's text files, evaluations and records, no image or checkpoint
+    arch = json.loads((archive / "archive.json").read_text())
+    assert sorted(arch["models"]) == train_keys
+    assert arch["models"]["train:fold0:DSL:Dataset950_MSKBonesMR"]["embeddings"] is True
+    kept = [p for p in archive.rglob("*") if p.is_file()]
+    assert kept and all(p.suffix in (".txt", ".json", ".csv") for p in kept)
+    assert (archive / "models" / "fold0__DSL__Dataset950_MSKBonesMR" / "evaluation" / "raw" / "metrics.csv").is_file()
+    # a new work folder (the first one is gone: another machine) continues from the archive: nothing is
+    # trained again, and the pooled evaluation and the report's tables are the first work folder's
+    import shutil
+
+    first = tmp_path / "work_first"
+    shutil.move(work, first)
+    work2 = tmp_path / "work2"
+    args2 = [a if a != str(work) else str(work2) for a in args]
+    args2[args2.index("--report") + 1] = str(tmp_path / "docs2" / "results.md")
+    proc = study_cli(args2, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "restored 4 model(s)" in proc.stderr and "nnUNetv2_train" not in (work2 / "study_log.txt").read_text()
+    assert not list((work2 / "nnUNet_results").rglob("*.pth"))
+    state2 = json.loads((work2 / "state.json").read_text())
+    assert state2["fingerprints"] == state["fingerprints"]
+    assert {k: state2["seconds"][k] for k in train_keys} == {k: state["seconds"][k] for k in train_keys}
+    for scheme in ("Individual", "DSL"):
+        for variant in ("raw", "postprocessed"):
+            a = json.loads((first / "evaluation" / scheme / variant / "summary.json").read_text())
+            b = json.loads((work2 / "evaluation" / scheme / variant / "summary.json").read_text())
+            assert a["domains"] == b["domains"] and a["all"] == b["all"], (scheme, variant)
+    text2 = (tmp_path / "docs2" / "results.md").read_text()
+    assert "**4 model(s) were trained in earlier work folders**" in text2 and f"trained in `{work}`" in text2
+    assert pooled_cell in text2 and f"| {sim['stage_name']} | {sim['channels']} | {inter} |" in text2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from nnunetv2_mtmd.apps.study.constants import (
 )
 from nnunetv2_mtmd.apps.study.context import StudyContext
 from nnunetv2_mtmd.apps.study.data import unify_individual_prediction
+from nnunetv2_mtmd.apps.study.fingerprint import model_key
 from nnunetv2_mtmd.apps.study.progress import fold_folder
 from nnunetv2_mtmd.apps.study.report_tables import domain_mean_dice
 from nnunetv2_mtmd.apps.study.state import _now
@@ -27,10 +29,11 @@ from nnunetv2_mtmd.io import atomic_output_dir, atomic_save_json, load_json
 logger = logging.getLogger(__name__)
 
 
-def union_folders(folders: Mapping[int, Path], out: Path) -> int:
-    """Every file of the per-fold ``folders`` into ``out`` (all or nothing); a JSON file that several folds
-    have (``postprocessing_mtmd.json``) is kept once per fold as ``<stem>_fold<i>.json``. A case file in two
-    folds is an error (their validation sets must not overlap). Returns the number of non-JSON files."""
+def union_folders(folders: Mapping[int | str, Path], out: Path) -> int:
+    """Every file of the per-fold (or per-model) ``folders`` into ``out`` (all or nothing); a JSON file that
+    several of them have (``postprocessing_mtmd.json``) is kept once per folder as ``<stem>_fold<i>.json``
+    (int key ``i``) or ``<stem>_<key>.json`` (str key). A case file in two folders is an error (their
+    validation sets must not overlap). Returns the number of non-JSON files."""
     n = 0
     with atomic_output_dir(out, overwrite=True) as tmp:
         for fold, folder in folders.items():
@@ -38,7 +41,8 @@ def union_folders(folders: Mapping[int, Path], out: Path) -> int:
                 if not f.is_file():
                     continue
                 is_json = f.suffix == ".json"
-                target = tmp / (f"{f.stem}_fold{fold}.json" if is_json else f.name)
+                tag = f"fold{fold}" if isinstance(fold, int) else fold
+                target = tmp / (f"{f.stem}_{tag}.json" if is_json else f.name)
                 if target.exists():
                     raise StudyError(f"{f.name} is predicted by two folds: the folds' validation sets overlap; "
                                      "the splits are inconsistent.")
@@ -55,8 +59,14 @@ class EvaluateStage:
     def __init__(self, ctx: StudyContext):
         self.ctx = ctx
         self.ev = ctx.dir / "evaluation"
+        # the archive evaluates finished models from the training workers' threads (--jobs > 1)
+        self.lock = threading.RLock()
 
     def run(self) -> None:
+        with self.lock:
+            self._run()
+
+    def _run(self) -> None:
         ctx = self.ctx
         folds, schemes = ctx.evaluation_plan() if not ctx.dry else (ctx.eval_folds, ctx.eval_schemes)
         if not folds:
@@ -92,26 +102,78 @@ class EvaluateStage:
             ctx.state.mark_done(key)
 
     def evaluate_scheme(self, scheme: str, folds: Sequence[int], components: Mapping[int, Path]) -> None:
-        """Gather, post-process (fold by fold) and evaluate (raw and post-processed) one scheme."""
+        """Evaluate (raw and post-processed) each of the scheme's models of ``folds`` on its own held-out
+        cases (:meth:`evaluate_model`, reused while the model is the same), then pool them into
+        ``evaluation/<scheme>/<variant>`` (:func:`~nnunetv2_mtmd.evaluation.evaluate.pool_evaluations`:
+        the same numbers as evaluating the union of the predictions). The predictions of the models that
+        have them (not those restored from an archive) are also gathered into ``predictions/<scheme>``
+        and ``predictions_postprocessed/<scheme>``."""
         ctx = self.ctx
-        pred, pp = ctx.dir / "predictions" / scheme, ctx.dir / "predictions_postprocessed" / scheme
-        by_fold = ctx.dir / "predictions_by_fold"
-        raw_f = {f: by_fold / scheme / f"fold_{f}" for f in folds}
-        pp_f = {f: by_fold / f"{scheme}_postprocessed" / f"fold_{f}" for f in folds}
+        models = [(f, d) for f in folds for _, d, _ in ctx.runs(f, [scheme])]
+        per_model = {(f, d): self.evaluate_model(scheme, f, d, components[f]) for f, d in models}
+        if ctx.dry:
+            return
+        from nnunetv2_mtmd.evaluation.evaluate import pool_evaluations
+
+        for variant, name in (("raw", "predictions"), ("postprocessed", "predictions_postprocessed")):
+            pool_evaluations([per_model[m] / variant for m in models], self.ev / scheme / variant, ctx.spec,
+                             overwrite=True)
+            live = {self._tag(scheme, f, d): self._pred_dir(scheme, f, d, variant) for f, d in models}
+            live = {k: v for k, v in live.items() if v.is_dir()}
+            if live:
+                n = union_folders(live, ctx.dir / name / scheme)
+                logger.info("  %s: %d held-out predictions in %s", scheme, n, ctx.dir / name / scheme)
+        logger.info("  %s: pooled the evaluations of %d model(s) of folds %s", scheme, len(models), list(folds))
+
+    @staticmethod
+    def _tag(scheme: str, fold: int, dataset: str) -> int | str:
+        """Key of a model's folder in :func:`union_folders`: the fold, or fold and dataset for Individual."""
+        return f"fold{fold}_{dataset}" if scheme == INDIVIDUAL else fold
+
+    def _pred_dir(self, scheme: str, fold: int, dataset: str, variant: str) -> Path:
+        suffix = "_postprocessed" if variant == "postprocessed" else ""
+        return self.ctx.dir / "predictions_by_model" / f"{scheme}{suffix}" / f"fold_{fold}" / dataset
+
+    def model_evaluation_dir(self, scheme: str, fold: int, dataset: str) -> Path:
+        """``evaluation/by_model/<scheme>/fold_<f>/<dataset>``: one model's ``raw`` and ``postprocessed``
+        evaluations of its held-out cases."""
+        return self.ev / "by_model" / scheme / f"fold_{fold}" / dataset
+
+    def evaluate_model(self, scheme: str, fold: int, dataset: str, components: Path | None = None) -> Path:
+        """Gather one model's held-out predictions (unified labels, merged case ids), post-process them
+        with ``components`` (the fold's training labels' part counts) and evaluate both into
+        :meth:`model_evaluation_dir`. Reused while the model's ``done`` record in the state is the one
+        it was computed from (a retrained model is evaluated again); a model restored from an archive
+        brings its evaluation along. Returns the folder."""
+        ctx = self.ctx
+        out = self.model_evaluation_dir(scheme, fold, dataset)
+        mkey = model_key(fold, scheme, dataset)
+        key = f"evaluate_model:{mkey}"
+        stamp = (ctx.state.data["done"].get(mkey) or {}).get("at")
+        rec = ctx.state.data["done"].get(key) or {}
+        if (not ctx.dry and rec.get("model_done_at") == stamp
+                and all((out / v / "metrics.csv").is_file() for v in EVAL_VARIANTS)):
+            return out
+        if components is None:
+            components = self.fold_components(fold)
+        raw, pp = self._pred_dir(scheme, fold, dataset, "raw"), self._pred_dir(scheme, fold, dataset, "postprocessed")
         remap = " (labels remapped to the unified space, case ids prefixed)" if scheme == INDIVIDUAL else ""
-        ctx.runner.note(f"gather the held-out predictions of {scheme} of each fold {list(folds)} into "
-                        f"{by_fold / scheme}, all in {pred}{remap}")
+        ctx.runner.note(f"gather the held-out predictions of fold {fold} {scheme} on {dataset} into {raw}{remap}")
         if not ctx.dry:
-            for f in folds:
-                self.gather(scheme, f, raw_f[f])
-            logger.info("  %s: %d held-out predictions", scheme, union_folders(raw_f, pred))
-        # post-processed fold by fold: a fold's parts are counted in its own training labels
-        for f in folds:
-            self.postprocess(raw_f[f], pp_f[f], components[f])
+            if ctx.run_status(dataset, SCHEME_TRAINERS[scheme], fold) != "done" or not self._has_validation(
+                    scheme, fold, dataset):
+                raise StudyError(f"fold {fold} {scheme} on {dataset} has no held-out predictions to evaluate "
+                                 f"(and no evaluation restored from an archive in {out}); train it first.")
+            self.gather(scheme, fold, dataset, raw)
+        self.postprocess(raw, pp, components)
+        for variant, folder in (("raw", raw), ("postprocessed", pp)):
+            self.evaluate(folder, out / variant)
         if not ctx.dry:
-            union_folders(pp_f, pp)
-        for variant, folder in (("raw", pred), ("postprocessed", pp)):
-            self.evaluate(folder, self.ev / scheme / variant)
+            ctx.state.mark_done(key, model_done_at=stamp)
+        return out
+
+    def _has_validation(self, scheme: str, fold: int, dataset: str) -> bool:
+        return (fold_folder(self.ctx.results, dataset, SCHEME_TRAINERS[scheme], fold) / "validation").is_dir()
 
     # ------------------------------------------------- the plugin's evaluation, in this process
     def postprocess(self, raw: Path, out: Path, components: Path) -> None:
@@ -160,22 +222,21 @@ class EvaluateStage:
         self.ctx.runner.library("compare", cmd, call)
 
     # ------------------------------------------------------------------------- inputs
-    def gather(self, scheme: str, fold: int, out: Path) -> int:
-        """Held-out predictions of ``scheme``'s models of ``fold`` into ``out`` (unified labels, merged case
-        ids). Returns the number of cases."""
+    def gather(self, scheme: str, fold: int, dataset: str, out: Path) -> int:
+        """Held-out predictions of ``scheme``'s model of ``fold`` on ``dataset`` into ``out`` (unified labels,
+        merged case ids). Returns the number of cases."""
         ctx = self.ctx
         fe = ctx.file_ending()
         n = 0
+        val = fold_folder(ctx.results, dataset, SCHEME_TRAINERS[scheme], fold) / "validation"
         with atomic_output_dir(out, overwrite=True) as tmp:
-            for _, dataset, trainer in ctx.runs(fold, [scheme]):
-                val = fold_folder(ctx.results, dataset, trainer, fold) / "validation"
-                for p in sorted(p for p in val.iterdir() if p.name.endswith(fe)):
-                    if scheme == INDIVIDUAL:
-                        dom = next(d for d in ctx.spec.domains if d.source_dataset == dataset)
-                        unify_individual_prediction(p, tmp / f"{dom.case_id(p.name[: -len(fe)])}{fe}", dom)
-                    else:
-                        shutil.copyfile(p, tmp / p.name)
-                    n += 1
+            for p in sorted(p for p in val.iterdir() if p.name.endswith(fe)):
+                if scheme == INDIVIDUAL:
+                    dom = next(d for d in ctx.spec.domains if d.source_dataset == dataset)
+                    unify_individual_prediction(p, tmp / f"{dom.case_id(p.name[: -len(fe)])}{fe}", dom)
+                else:
+                    shutil.copyfile(p, tmp / p.name)
+                n += 1
         return n
 
     def fold_components(self, fold: int) -> Path:
@@ -237,15 +298,15 @@ class EvaluateStage:
 
         Every evaluation analyses the first evaluated fold, so without this check each later fold's
         evaluation would recompute the same embeddings (minutes per scheme on a CPU). They are reused
-        while the model's ``checkpoint_final.pth`` is the one they were computed from."""
+        while the model's ``done`` record is the one they were computed from (:meth:`embeddings_key`), also
+        when the model was restored from an archive without its checkpoint."""
         ctx = self.ctx
         out = {}
         for s in schemes:
-            emb_dir = out[s] = ctx.dir / "embeddings" / f"{s}_fold{fold}"
-            ckpt = fold_folder(ctx.results, ctx.merged, SCHEME_TRAINERS[s], fold) / "checkpoint_final.pth"
-            key = f"embeddings:{s}:fold{fold}:{ckpt.stat().st_mtime_ns if ckpt.is_file() else 'none'}"
+            emb_dir = out[s] = self.embeddings_dir(s, fold)
+            key = self.embeddings_key(s, fold)
             if ctx.state.is_done(key) and (emb_dir / "similarity.csv").is_file():
-                logger.info("[embeddings] %s, fold %d: computed before from the same checkpoint (reused)", s, fold)
+                logger.info("[embeddings] %s, fold %d: computed before from the same model (reused)", s, fold)
                 continue
             ctx.runner.command("embeddings", ["nnUNetv2_mtmd_embeddings", "-d", ctx.merged, "-c", CONFIGURATION,
                                               "-tr", SCHEME_TRAINERS[s], "-p", PLANS_NAME, "-f", str(fold),
@@ -254,3 +315,11 @@ class EvaluateStage:
             if not ctx.dry:
                 ctx.state.mark_done(key)
         return out
+
+    def embeddings_dir(self, scheme: str, fold: int) -> Path:
+        return self.ctx.dir / "embeddings" / f"{scheme}_fold{fold}"
+
+    def embeddings_key(self, scheme: str, fold: int) -> str:
+        """State key of a multi-domain model's embeddings: scheme, fold and the model's ``done`` time."""
+        stamp = (self.ctx.state.data["done"].get(model_key(fold, scheme, self.ctx.merged)) or {}).get("at", "none")
+        return f"embeddings:{scheme}:fold{fold}:{stamp}"

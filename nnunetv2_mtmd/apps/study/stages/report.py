@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from nnunetv2_mtmd.apps.study.archive import restored_models
 from nnunetv2_mtmd.apps.study.context import StudyContext, study_command
 from nnunetv2_mtmd.apps.study.discussion import keep_discussion, mark_stale_discussion
 from nnunetv2_mtmd.apps.study.fingerprint import STATE_KEY
@@ -36,6 +37,7 @@ def report_data(ctx: StudyContext) -> ReportData:
         fingerprints=dict(ctx.state.data.get(STATE_KEY, {})),
         later=list(ctx.later),
         done_folds={s: [f for f in ctx.eval_folds if ctx.fold_complete(f, [s])] for s in ctx.eval_schemes},
+        restored=restored_models(ctx),
     )
 
 

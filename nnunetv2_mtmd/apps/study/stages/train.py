@@ -31,6 +31,8 @@ class TrainStage:
 
     def __init__(self, ctx: StudyContext):
         self.ctx = ctx
+        #: called (in the worker's thread) after every model that finished: the archive (``--archive``)
+        self.on_model_done: Callable[[], None] | None = None
 
     def pending(self) -> list[Pending]:
         """Every model still to train, in the run order; models already done are marked done in the
@@ -81,6 +83,8 @@ class TrainStage:
             raise StudyError(f"nnUNetv2_train for fold {fold} {scheme} on {dataset} ended without a "
                              "complete validation folder; see the log in DIR/logs.")
         ctx.state.mark_done(key, seconds=ctx.state.data["seconds"][key])
+        if self.on_model_done is not None:
+            self.on_model_done()
 
     def run(self, on_fold_complete: Callable[[], None] | None = None) -> None:
         """Train every pending model; with ``jobs > 1`` that many at once (in the run order, each with
