@@ -38,3 +38,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "realdata" in item.keywords and not REALDATA.is_dir():
             item.add_marker(pytest.mark.skip(reason=f"real data folder {REALDATA} is absent"))
+
+
+@pytest.fixture(scope="session")
+def trained_label_autoencoder(tmp_path_factory):
+    """A small label autoencoder trained once per session on synthetic maps (about 35 s of CPU; see
+    tests/training/label_autoencoder_helpers.py)."""
+    from tests.training.label_autoencoder_helpers import train_small_autoencoder
+
+    return train_small_autoencoder(tmp_path_factory.mktemp("ae"))

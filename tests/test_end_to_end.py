@@ -5,6 +5,7 @@ its case's domain; plus the domain-balanced loader on the real preprocessed data
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -156,6 +157,31 @@ def test_export_labels_round_trip_on_predictions(pipeline):
         assert len(files) == 1
         vals = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(files[0])))).tolist())
         assert vals <= set(range(n_labels + 1))
+
+
+def test_plausibility_of_predictions_with_the_models_autoencoder(pipeline):
+    """nnUNetv2_mtmd_plausibility with the full method's own autoencoder (its fold folder's
+    label_autoencoder.pth, rebuilt from the plans): one row per case and structure of its domain, scores in
+    [0, 1] (or NaN when absent from prediction and reconstruction); a model without MJAP is a clear error."""
+    pred = pipeline["root"] / "pred_nnUNetTrainerMTMD"
+    if not pred.is_dir():
+        pytest.skip("needs the nnUNetTrainerMTMD prediction of the scheme test")
+    out = pipeline["root"] / "plausibility"
+    _run(["nnUNetv2_mtmd_plausibility", "-i", str(pred), "-o", str(out), "-d", "950", "-c", "2d", "-f", "0",
+          "-tr", "nnUNetTrainerMTMD_debug", "-device", "cpu"], pipeline["env"])
+    with open(out / "plausibility.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    own = {"ankle": ["calcaneus", "talus", "tibia"], "knee": ["femur", "patella"], "shoulder": ["humerus"]}
+    cases = sorted(p.name[: -len(".nii.gz")] for p in pred.glob("*.nii.gz"))
+    assert [(r["case"], r["structure"]) for r in rows] == [(c, s) for c in cases for s in own[c.split("_")[0]]]
+    for r in rows:
+        v = float(r["plausibility"])
+        assert np.isnan(v) or 0.0 <= v <= 1.0, r
+    assert json.loads((out / "plausibility.json").read_text())["cases"] == 3
+    proc = subprocess.run([venv_bin("nnUNetv2_mtmd_plausibility"), "-i", str(pred), "-o", str(out) + "_dsl", "-d",
+                           "950", "-f", "0", "-tr", "nnUNetTrainerMTMD_DSL_debug"], env=pipeline["env"],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0 and "No label autoencoder" in proc.stderr and "trained with MJAP" in proc.stderr
 
 
 def test_continue_training_resumes_from_checkpoint(pipeline):
