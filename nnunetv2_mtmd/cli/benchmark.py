@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=argparse.SUPPRESS,
                    help="keep the synthetic datasets, plans, models and nnU-Net's output in this (new or empty) "
                         "folder (default: a temporary folder, deleted afterwards)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the training iteration with torch.compile'd networks (stock and every scheme, "
+                        "as nnU-Net compiles: the network, not the loss), with compile time and graph counts")
+    p.add_argument("--compile_backend", default="inductor",
+                   help="torch.compile backend of --compile (inductor: nnU-Net's; aot_eager: quick check)")
     p.add_argument("--quick", action="store_true",
                    help="tiny shapes and 1-2 repeats: a smoke test of the whole benchmark, not a measurement")
     return p
@@ -105,6 +110,8 @@ def _settings(args: argparse.Namespace) -> Any:
     settings.disable_tta = settings.disable_tta or args.disable_tta
     settings.threads = args.threads
     settings.clock = args.clock
+    settings.compile = args.compile
+    settings.compile_backend = args.compile_backend
     settings.validate()
     return settings
 

@@ -320,6 +320,16 @@ def test_table_rows_show_measurements_and_ratios_without_targets():
     assert by_name["peak memory MTMD (reported)"] == ["614.4 MiB", "512.0 MiB stock", "1.200"]
     assert by_name["DSL step K=10 vs K=2 (K=2: 1.00 s, K=5: 990.0 ms, K=10: 970.0 ms)"] == [
         "970.0 ms", "1.00 s K=2", "0.970"]
+    res = _filled_result()
+    res.compiled = {"backend": "inductor", "graphs": {"stock": 1, "DSL": 1, "DSL_MSC": 2, "MTMD": 1},
+                    "compile_s": {"stock": 50.0, "DSL": 61.4, "DSL_MSC": 70.0, "MTMD": 80.0},
+                    "train_step_s": {"stock": 0.4, "DSL": 0.41, "DSL_MSC": 0.44, "MTMD": 0.5},
+                    "train_step_ratio": {"DSL": 1.025, "DSL_MSC": 1.1, "MTMD": 1.25}}
+    comp = {r[0]: r[1:] for r in B.table_rows(res)}
+    assert comp["compiled train step DSL_MSC (2 graph(s), compile 70 s)"] == [
+        "440.0 ms", "400.0 ms stock (1 graph(s))", "1.100"]
+    assert res.to_json()["details"]["compiled"]["graphs"]["DSL_MSC"] == 2
+    assert "compiled" not in _filled_result().to_json()["details"]
     text = B.format_table(rows)
     assert "pass" not in text and "FAIL" not in text and "<=" not in text
     assert "docs/benchmarks.md" in B.TABLE_FOOTER
@@ -411,8 +421,10 @@ def test_quick_benchmark_through_console_script(tmp_path):
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     env["OMP_NUM_THREADS"] = "1"
+    # --compile with aot_eager (the graph capture and AOTAutograd of inductor, without its slow code
+    # generation): every network, stock and multi-domain, compiles as one graph for the whole run
     proc = subprocess.run([venv_bin("nnUNetv2_mtmd_benchmark"), "--quick", "-device", "cpu", "--json", str(out),
-                           "--workdir", str(tmp_path / "work")],
+                           "--workdir", str(tmp_path / "work"), "--compile", "--compile_backend", "aot_eager"],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -438,3 +450,9 @@ def test_quick_benchmark_through_console_script(tmp_path):
     assert [c.strip() for c in header.split("|")] == list(B.TABLE_HEADER)  # measured columns only
     assert B.TABLE_FOOTER in proc.stdout
     assert "targets" not in details
+    comp = details["compiled"]
+    assert comp["backend"] == "aot_eager"
+    assert comp["graphs"] == {"stock": 1, "DSL": 1, "DSL_MSC": 1, "MTMD": 1}  # no graph break, no recompilation
+    assert all(math.isfinite(r) and r > 0 for r in comp["train_step_ratio"].values())
+    assert set(comp["compile_s"]) == {"stock", "DSL", "DSL_MSC", "MTMD"}
+    assert "compiled train step MTMD (1 graph(s)" in proc.stdout

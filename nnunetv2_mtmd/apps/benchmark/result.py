@@ -50,6 +50,8 @@ class BenchmarkResult:
     medians_other_clock: dict[str, Any] = field(default_factory=dict)
     raw_times: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    #: ``--compile``: :func:`.compiled.measure_compiled_train_steps` (empty when not measured)
+    compiled: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The issue's JSON (:data:`REQUIRED_KEYS`) plus ``details`` with the raw numbers."""
@@ -69,6 +71,7 @@ class BenchmarkResult:
                 "k_step_median_s": {str(k): v for k, v in self.k_step_s.items()},
                 "medians_other_clock_s": self.medians_other_clock,
                 "raw_times_s": self.raw_times,
+                **({"compiled": self.compiled} if self.compiled else {}),
                 **self.info,
             },
         }
@@ -112,6 +115,14 @@ def table_rows(res: BenchmarkResult) -> list[list[str]]:
         label = "peak memory MTMD (reported)" if key == "MTMD" else f"peak memory {key}"
         rows.append([label, _fmt_b(res.memory_bytes[key]["peak"]), f"{_fmt_b(res.memory_bytes[STOCK]['peak'])} stock",
                      f"{res.memory_ratio_per_scheme[key]:.3f}"])
+    if res.compiled:
+        c = res.compiled
+        for key in SCHEME_TRAINERS:
+            label = f"compiled train step {key} ({c['graphs'][key]} graph(s), compile {c['compile_s'][key]:.0f} s)"
+            rows.append([label,
+                         _fmt_s(c["train_step_s"][key]),
+                         f"{_fmt_s(c['train_step_s'][STOCK])} stock ({c['graphs'][STOCK]} graph(s))",
+                         f"{c['train_step_ratio'][key]:.3f}"])
     ks = sorted(res.k_step_s)
     rows.append([f"DSL step K={ks[-1]} vs K={ks[0]} ("
                  + ", ".join(f"K={k}: {_fmt_s(v)}" for k, v in sorted(res.k_step_s.items())) + ")",

@@ -91,6 +91,8 @@ def _run_all(settings: BenchmarkSettings, workdir: Path) -> BenchmarkResult:
     run = _Run(settings, workdir, prepared, res)
     trainers, batch = _measure_train_steps(run)
     _measure_memory(run, trainers, batch)
+    if settings.compile:
+        _measure_compiled(run, trainers, batch)
     folders = _save_models(run, trainers)
     del trainers, batch  # free the trainers before the predictions
     _measure_predict(run, folders)
@@ -147,6 +149,19 @@ def _measure_train_steps(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
     logger.info("      median %s time per iteration: %s", run.clock,
                 ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in res.train_step_s.items()))
     return trainers, batch
+
+
+def _measure_compiled(run: _Run, trainers: dict[str, Any], batch: dict[str, Any]) -> None:
+    """[3b/5] ``--compile``: the same iterations with compiled networks (:mod:`.compiled`)."""
+    from nnunetv2_mtmd.apps.benchmark.compiled import measure_compiled_train_steps
+
+    s = run.settings
+    logger.info("[3b/5] compiled training iteration time (torch.compile, backend %s; the first step of each "
+                "trainer compiles) ...", s.compile_backend)
+    run.res.compiled = measure_compiled_train_steps(trainers, batch, s.device, s.compile_backend, s.repeats,
+                                                    s.warmup, run.clock)
+    logger.info("      compiled ratios: %s", ", ".join(f"{k} {v:.3f}"
+                                                      for k, v in run.res.compiled["train_step_ratio"].items()))
 
 
 def _measure_memory(run: _Run, trainers: dict[str, Any], batch: dict[str, Any]) -> None:

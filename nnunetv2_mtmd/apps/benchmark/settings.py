@@ -44,6 +44,8 @@ class BenchmarkSettings:
             domain, 12-16 slices).
         seed: data and batch seed.
         dataset_id: id of the merged dataset; the three source datasets use the next three ids.
+        compile, compile_backend: also time the training iteration with ``torch.compile``d networks
+            (stock and every scheme; :mod:`.compiled`) with this backend (inductor, as nnU-Net).
     """
 
     device: str = "cpu"
@@ -65,6 +67,8 @@ class BenchmarkSettings:
     seed: int = 0
     dataset_id: int = 960
     quick: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     @property
     def effective_clock(self) -> str:
