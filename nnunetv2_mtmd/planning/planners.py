@@ -7,8 +7,12 @@ They plan exactly like nnU-Net's planners, with three changes:
    the fingerprint's per-case spacings and shapes are first reduced to one median per domain, and
    nnU-Net's own rules (median, anisotropy rule, patch-size search) run on those K representatives.
    See :func:`domain_balanced_fingerprint`.
-2. **Batch size** is rounded up to a multiple of K with at least 2 samples per domain
-   (:func:`domain_balanced_batch_size`), because the trainer draws exactly B/K samples per domain.
+2. **Batch size** is a multiple of K with at least 2 samples per domain, because the trainer draws
+   exactly B/K samples per domain, within nnU-Net's memory target: nnU-Net's batch is rounded *down*
+   to a multiple of K (:func:`domain_balanced_batch_size`), and where nnU-Net plans fewer than 2K
+   samples (3D: usually its minimum of 2) the patch is shrunk, as nnU-Net shrinks it, until the
+   planned batch holds 2K (:meth:`_MTMDPlannerMixin.get_plans_for_configuration`; the log names the
+   plan before and after).
 3. **Architecture**: the plans' network becomes the multi-domain U-Net
    (:mod:`nnunetv2_mtmd.architectures.unet`) with domain-specific batch norm as ``norm_op`` and the
    domain label ids in its kwargs, so ``nnUNetv2_predict`` rebuilds it from plans.json alone.
@@ -66,9 +70,9 @@ def domain_balanced_fingerprint(
 
 
 def domain_balanced_batch_size(batch_size: int, num_domains: int, min_per_domain: int = 2) -> int:
-    """Round ``batch_size`` to the nearest multiple of K (halves up), at least ``min_per_domain * K``."""
-    per_domain = max(min_per_domain, int(batch_size / num_domains + 0.5))
-    return per_domain * num_domains
+    """``batch_size`` rounded down to a multiple of K (never more memory than planned), at least
+    ``min_per_domain * K`` (more than planned only when the patch cannot shrink further)."""
+    return max(min_per_domain, int(batch_size) // num_domains) * num_domains
 
 
 def to_multi_domain_architecture(architecture: dict[str, Any], spec: DomainSpec) -> dict[str, Any]:
@@ -100,11 +104,52 @@ class _MTMDPlannerMixin:
         self.per_case_fingerprint = {"spacings": fp["spacings"], "shapes_after_crop": fp["shapes_after_crop"]}
         fp["spacings"], fp["shapes_after_crop"] = sp, sh
 
+    #: how often the patch may shrink to fit 2 samples per domain into nnU-Net's memory target
+    MAX_PATCH_SHRINKS = 60
+
+    def memory_batch_size(self, plan: dict[str, Any]) -> int:
+        """The batch nnU-Net's memory target allows for ``plan``'s (stock) network and patch: nnU-Net's own
+        formula, ``round(reference / estimate * reference batch)``, before its cap of 5 % of the dataset."""
+        arch = plan["architecture"]
+        estimate = self.static_estimate_VRAM_usage(
+            tuple(plan["patch_size"]), len(self.dataset_json["channel_names"]), len(self.dataset_json["labels"]),
+            arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"])
+        two_d = len(plan["patch_size"]) == 2
+        reference = (self.UNet_reference_val_2d if two_d else self.UNet_reference_val_3d) * (
+            self.UNet_vram_target_GB / self.UNet_reference_val_corresp_GB)
+        ref_bs = self.UNet_reference_val_corresp_bs_2d if two_d else self.UNet_reference_val_corresp_bs_3d
+        return int(round(reference / estimate * ref_bs))
+
     def get_plans_for_configuration(self, spacing, median_shape, data_identifier, approximate_n_voxels_dataset, _cache):
-        plan = super().get_plans_for_configuration(
-            spacing, median_shape, data_identifier, approximate_n_voxels_dataset, _cache
-        )
+        def plan_for(shape):
+            return super(_MTMDPlannerMixin, self).get_plans_for_configuration(
+                spacing, shape, data_identifier, approximate_n_voxels_dataset, _cache)
+
         k = self.domain_spec.num_domains
+        plan = first = plan_for(median_shape)
+        shape = np.array(median_shape, dtype=float)  # a copy: nnU-Net keeps median_shape in the plan
+        median = shape[: len(spacing)].copy()
+        shrinks = 0
+        # nnU-Net shrinks the patch until a batch of 2 fits its memory target; 2 per domain needs 2K
+        # samples: shrink the patch further (the axis largest relative to the median shape, as nnU-Net
+        # does) by planning on a smaller shape, until the memory target allows 2K. (nnU-Net's cap of the
+        # batch at 5 % of the dataset is no memory limit: it does not shrink the patch.)
+        while self.memory_batch_size(plan) < 2 * k and shrinks < self.MAX_PATCH_SHRINKS:
+            patch = np.asarray(plan["patch_size"], dtype=float)
+            shape[: len(spacing)] = np.minimum(shape[: len(spacing)], patch)
+            axis = int(np.argmax(patch / median))
+            shape[axis] = max(1.0, np.floor(shape[axis] * 0.9))
+            plan = plan_for(tuple(shape))
+            shrinks += 1
+        if shrinks:
+            fits = self.memory_batch_size(plan) >= 2 * k
+            (logger.info if fits else logger.warning)(
+                "nnUNetPlannerMTMD (%s): nnU-Net planned batch %d with patch %s; for 2 samples per domain (batch "
+                "%d) within its memory target the patch is %s%s", data_identifier, first["batch_size"],
+                list(first["patch_size"]), 2 * k, list(plan["patch_size"]),
+                "" if fits else " -- still too large after shrinking: the batch exceeds the memory target")
+            # the shrunk shape only steered nnU-Net's patch search: the plans keep the data's median
+            plan["median_image_size_in_voxels"] = first["median_image_size_in_voxels"]
         plan["batch_size"] = domain_balanced_batch_size(plan["batch_size"], k)
         plan["architecture"] = to_multi_domain_architecture(plan["architecture"], self.domain_spec)
         return plan

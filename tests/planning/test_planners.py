@@ -35,9 +35,10 @@ def test_each_domain_one_vote():
     assert np.median(np.array(sp)[:, 1]) == 1 and np.median(np.array(out_sp)[:, 1]) == 3
 
 
-@pytest.mark.parametrize("bs,k,expected", [(12, 3, 12), (13, 3, 12), (14, 3, 15), (2, 3, 6), (5, 2, 6),
-                                           (57, 3, 57), (7, 10, 20), (40, 10, 40)])
+@pytest.mark.parametrize("bs,k,expected", [(12, 3, 12), (13, 3, 12), (14, 3, 12), (2, 3, 6), (5, 2, 4),
+                                           (57, 3, 57), (7, 10, 20), (40, 10, 40), (49, 10, 40)])
 def test_batch_size_multiple_of_k_with_two_per_domain(bs, k, expected):
+    """Rounded down (never more memory than nnU-Net planned), at least 2 per domain."""
     assert domain_balanced_batch_size(bs, k) == expected
 
 
@@ -105,3 +106,51 @@ def test_every_dotted_path_of_todays_plans_resolves():
     written = set(MTMD_NETWORKS.values()) | set(DSBN_OPS.values())
     assert written <= set(HISTORICAL_PLANS_PATHS)
     assert {p for p in paths if p.startswith("nnunetv2_mtmd.")} <= set(HISTORICAL_PLANS_PATHS)
+
+
+@pytest.mark.slow
+def test_3d_patch_shrinks_so_that_two_samples_per_domain_fit_the_memory_target(nnunet_dirs, caplog):
+    """With a memory target so small that nnU-Net fits only its minimum batch of 2 into the 3d_fullres
+    patch, the MTMD planner shrinks the patch (nnU-Net's own patch search, on a smaller shape) until
+    2 per domain fit: checked independently with stock nnU-Net's batch formula on the final patch (the
+    5 % dataset cap lifted in both, it is no memory limit); the plans keep the data's median shape."""
+    import logging
+    import subprocess
+
+    import numpy as np
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+
+    from nnunetv2_mtmd.planning.planners import nnUNetPlannerMTMD
+    from tests.conftest import venv_bin
+    from tests.datagen import make_raw_dataset
+
+    raw = nnunet_dirs["raw"]
+    for i, (did, name) in enumerate(((901, "A"), (902, "B"), (903, "C"))):
+        make_raw_dataset(raw, did, name, [f"s{i}"], n_cases=2, shape=(24, 64, 64), seed=i, spacing=(1.0, 1.0, 1.5))
+    env = dict(__import__("os").environ)
+    for cmd in (["nnUNetv2_mtmd_merge", "-d", "901", "902", "903", "--domains", "a", "b", "c", "-o", "950"],
+                ["nnUNetv2_extract_fingerprint", "-d", "950", "-np", "1"]):
+        proc = subprocess.run([venv_bin(cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def plan(cls, shape=None):
+        pl = cls(950, gpu_memory_target_in_gb=0.05, plans_name=f"probe_{cls.__name__}")
+        pl.max_dataset_covered = 1e9
+        if shape is None:
+            return pl, pl.plan_experiment()["configurations"]["3d_fullres"]
+        fp = pl.dataset_fingerprint
+        spacing = pl.determine_fullres_target_spacing()
+        n_vox = float(np.prod(np.median(fp["shapes_after_crop"], 0)) * len(pl.dataset))
+        return pl, pl.get_plans_for_configuration(spacing, shape, "x", n_vox, {})
+
+    with caplog.at_level(logging.INFO, logger="nnunetv2_mtmd.planning.planners"):
+        _, mtmd = plan(nnUNetPlannerMTMD)
+    _, stock = plan(ExperimentPlanner)
+    assert stock["batch_size"] < 6, "the memory target must bind for this test"
+    assert mtmd["batch_size"] % 3 == 0 and mtmd["batch_size"] >= 6
+    assert np.prod(mtmd["patch_size"]) < np.prod(stock["patch_size"])
+    assert mtmd["median_image_size_in_voxels"] == stock["median_image_size_in_voxels"]
+    # stock nnU-Net, planning exactly the final patch, allows at least 2 per domain
+    _, check = plan(ExperimentPlanner, shape=tuple(mtmd["patch_size"]))
+    assert list(check["patch_size"]) == list(mtmd["patch_size"]) and check["batch_size"] >= 6
+    assert any("2 samples per domain" in r.getMessage() for r in caplog.records)
