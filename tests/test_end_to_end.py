@@ -48,7 +48,8 @@ def pipeline(tmp_path_factory):
         make_raw_dataset(dirs["raw"], did, name, labels, n_cases=3, shape=(4, 32, 32), n_test=1, seed=i,
                          spacing=(1.0, 1.0, 2.0))
     _run(["nnUNetv2_mtmd_merge", "-d", "901", "902", "903", "--domains", *DOMAINS, "-o", "950", "-n", "E2E"], env)
-    _run(["nnUNetv2_plan_and_preprocess", "-d", "950", "-pl", "nnUNetPlannerMTMD", "-c", "2d", "-np", "2"], env)
+    _run(["nnUNetv2_plan_and_preprocess", "-d", "950", "-pl", "nnUNetPlannerMTMD", "-c", "2d", "3d_fullres",
+          "-np", "2"], env)
     # New cases of each domain, as a user would get them (no code channel), made prediction-ready.
     inputs = root / "predict_input"
     for did, dom in zip(SOURCES, DOMAINS):
@@ -139,6 +140,30 @@ def test_scheme_trains_and_stock_predict_respects_domains(pipeline, scheme):
     allowed = {"ankle": {0, 1, 2, 3}, "knee": {0, 4, 5}, "shoulder": {0, 6}}
     if "Shared" in scheme:  # one head over all unified labels: any label may appear (the paper's scheme)
         allowed = dict.fromkeys(allowed, set(range(7)))
+    preds = sorted(out.glob("*.nii.gz"))
+    assert len(preds) == 3
+    for p in preds:
+        labels = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(p)))).tolist())
+        assert labels <= allowed[p.name.split("_")[0]], (p.name, labels)
+
+
+def test_3d_fullres_full_method_trains_and_stock_predict_respects_domains(pipeline):
+    """3d_fullres with the full method (3D DSBN, MSC on 3D stages, MJAP with a 3D label autoencoder):
+    stock nnUNetv2_train and nnUNetv2_predict -c 3d_fullres; the plan's batch holds 2 per domain."""
+    plans = json.loads((pipeline["preprocessed"] / DATASET / "nnUNetPlans.json").read_text())
+    conf = plans["configurations"]["3d_fullres"]
+    assert conf["batch_size"] % 3 == 0 and conf["batch_size"] >= 6 and len(conf["patch_size"]) == 3
+    assert conf["architecture"]["arch_kwargs"]["norm_op"].endswith("DomainSpecificBatchNorm3d")
+    trainer = "nnUNetTrainerMTMD_debug"
+    _run(["nnUNetv2_train", "950", "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], pipeline["train_env"])
+    fold = pipeline["results"] / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+    log = next(fold.glob("training_log_*.txt")).read_text()
+    assert (fold / "label_autoencoder.pth").is_file() and "mjap" in log and "msc" in log
+    assert (fold / "validation" / "summary.json").is_file()
+    out = pipeline["root"] / "pred_3d"
+    _run(["nnUNetv2_predict", "-i", str(pipeline["inputs"]), "-o", str(out), "-d", "950", "-c", "3d_fullres", "-tr",
+          trainer, "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], pipeline["env"])
+    allowed = {"ankle": {0, 1, 2, 3}, "knee": {0, 4, 5}, "shoulder": {0, 6}}
     preds = sorted(out.glob("*.nii.gz"))
     assert len(preds) == 3
     for p in preds:
