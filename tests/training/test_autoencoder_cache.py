@@ -20,7 +20,7 @@ from nnunetv2_mtmd.training import autoencoder_cache as cache
 from nnunetv2_mtmd.training import autoencoder_job as jobs
 from nnunetv2_mtmd.training.autoencoder_data import SpatialAugmentation, load_label_maps
 from nnunetv2_mtmd.training.autoencoder_phase import AE_FILE, AE_PARTIAL_FILE
-from tests.training.test_autoencoder_phase import SIZE, spec, synthetic_map
+from tests.training.label_autoencoder_helpers import SIZE, spec, synthetic_map
 
 TRAIN = ["bars_1", "bars_2", "blob_1", "blob_2"]
 VAL = ["bars_3", "blob_3"]

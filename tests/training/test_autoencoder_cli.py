@@ -14,8 +14,8 @@ import torch
 from nnunetv2_mtmd.cli.autoencoder import main as ae_main
 from nnunetv2_mtmd.training.autoencoder_job import job_from_plans
 from tests.evaluation.test_evaluate import merged_dataset_json
+from tests.training.label_autoencoder_helpers import SIZE, spec
 from tests.training.test_autoencoder_cache import TRAIN, VAL, write_preprocessed
-from tests.training.test_autoencoder_phase import SIZE, spec
 
 DATASET = "Dataset950_Synth"
 
